@@ -1,0 +1,400 @@
+"""The files between stations: transcripts (JSONL) and ratings (CSV or JSONL).
+
+Readers return frozen dataclasses and report bad input as `InputError` with file:line and what
+to change; writers are atomic (temporary file, flush, fsync, rename). The formats themselves are
+specified in ARCHITECTURE.md, "File formats". `localpeer score DIR` reads through
+`load_ratings`; the tests run with
+
+    python -m pytest tests/test_formats.py -q
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from localpeer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+RATING_COLUMNS = ("model", "item", "judge", "dimension", "score")
+OPTIONAL_RATING_COLUMNS = ("transcript_id", "rationale")
+_SCALE_PATTERN = re.compile(r"\s*(-?\d+)\s*(?:\.\.|-)\s*(-?\d+)\s*")
+_RATINGS_HELP = "columns model,item,judge,dimension,score (transcript_id, rationale optional)"
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The rating scale: integer scores from `min` to `max`, both included."""
+
+    min: int  # lowest allowed score
+    max: int  # highest allowed score
+
+    def __post_init__(self) -> None:
+        if self.min >= self.max:
+            raise InputError(f"scale {self.min}-{self.max}: --scale takes MIN-MAX with "
+                             "MIN < MAX, e.g. 1-5")
+
+    @property
+    def n_categories(self) -> int:
+        return self.max - self.min + 1
+
+    @classmethod
+    def parse(cls, text: str) -> Scale:
+        """Parse "1-5", "0-10" or "1..5"."""
+        match = _SCALE_PATTERN.fullmatch(text)
+        if match is None:
+            raise InputError(f"scale {text!r}: --scale takes MIN-MAX, e.g. 1-5 or 0-10")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.min}-{self.max}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rating:
+    """One score that one judge gave one model's answer to one item on one dimension."""
+
+    model: str  # "" only until `load_ratings` fills it from the transcript
+    item: str  # "" only until `load_ratings` fills it from the transcript
+    judge: str
+    dimension: str
+    score: int  # within the Scale it was read with
+    transcript_id: str | None
+    rationale: str | None
+    source: str  # "file:line" where the rating was read, for messages
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One conversation: the model that answered and the item it answered."""
+
+    id: str
+    model: str
+    item: str
+    messages: tuple[dict, ...]  # {"role": ..., "content": ...} in order
+    meta: dict  # sampler, hashes, timestamps; free-form
+    source: str  # "file:line"
+
+
+def _read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (a BOM is dropped); bad bytes raise at their line."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read the file ({e.strerror})", path) from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    try:
+        # One decode of the whole file is much faster than line by line; the error's byte
+        # offset still gives the line.
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - data.rfind(b"\n", 0, e.start)
+        raise InputError(f"not UTF-8 (byte 0x{data[e.start]:02x} at column {column}); "
+                         "save the file as UTF-8", path, line) from None
+
+
+def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file."""
+    for line, text in enumerate(_read_text(path).split("\n"), start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputError(f"not valid JSON ({e.msg}, column {e.colno}); "
+                             "write one JSON object per line", path, line) from None
+        if not isinstance(obj, dict):
+            raise InputError(f"expected a JSON object {{...}}, got {type(obj).__name__}; "
+                             "write one object per line", path, line)
+        yield line, obj
+
+
+def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """(first line of the row, {column: value}) for every data row of a ratings CSV."""
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        header = next(reader, None)
+        columns = _check_header(header, path, reader.line_num)
+        index = {name: columns.index(name) for name in (*RATING_COLUMNS, *OPTIONAL_RATING_COLUMNS)
+                 if name in columns}
+        start = reader.line_num + 1
+        for row in reader:
+            line, start = start, reader.line_num + 1
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            yield line, {name: row[i] if i < len(row) else "" for name, i in index.items()}
+    except csv.Error as e:
+        raise InputError(f"not valid CSV ({e}); check the quoting", path, reader.line_num) from None
+
+
+def _check_header(header: list[str] | None, path: Path, line: int) -> list[str]:
+    if not header:
+        raise InputError(f"no header line; {_RATINGS_HELP}", path, 1)
+    columns = [name.strip().lower() for name in header]
+    needed = RATING_COLUMNS if "transcript_id" not in columns else RATING_COLUMNS[2:]
+    missing = [name for name in needed if name not in columns]
+    if missing:
+        raise InputError(f"missing column(s) {', '.join(missing)} (found {', '.join(columns)}); "
+                         f"{_RATINGS_HELP}", path, line)
+    return columns
+
+
+def _text(value: object, key: str, path: Path, line: int) -> str | None:
+    """A stripped string, or None for missing or empty; numbers are taken as their text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InputError(f"{key} must be a string, got {json.dumps(value)}", path, line)
+
+
+def _integer(value: object) -> int | None:
+    """`value` as an int if it is an exact integer (4, 4.0, "4", "4.0"), else None."""
+    if isinstance(value, int):
+        return None if isinstance(value, bool) else value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(value)
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _score(value: object, scale: Scale, path: Path, line: int) -> int:
+    score = _integer(value)
+    allowed = f"scores from {scale.min} to {scale.max}"
+    if value is None or value == "":
+        raise InputError(f"score is missing or empty; give {allowed}", path, line)
+    if score is None:
+        raise InputError(f"score {json.dumps(value)} is not an integer; write whole-number "
+                         f"{allowed}", path, line)
+    if not scale.min <= score <= scale.max:
+        raise InputError(f"score {score} is outside the scale {scale}; use {allowed}, "
+                         "or pass e.g. --scale 0-10 if your rubric uses another scale", path, line)
+    return score
+
+
+def _required(record: Mapping[str, object], key: str, path: Path, line: int, hint: str) -> str:
+    value = _text(record.get(key), key, path, line)
+    if not value:
+        raise InputError(f"{key} is missing or empty; {hint}", path, line)
+    return value
+
+
+def _make_rating(record: Mapping[str, object], scale: Scale, path: Path, line: int) -> Rating:
+    """One rating from a CSV row or JSONL object; model and item may wait for a transcript_id."""
+    transcript_id = _text(record.get("transcript_id"), "transcript_id", path, line)
+    model = _text(record.get("model"), "model", path, line) or ""
+    item = _text(record.get("item"), "item", path, line) or ""
+    if not transcript_id and not (model and item):
+        empty = " and ".join(key for key, value in (("model", model), ("item", item)) if not value)
+        raise InputError(f"{empty} missing or empty and no transcript_id; fill in model and "
+                         "item, or give the transcript_id of the conversation", path, line)
+    rationale = record.get("rationale")
+    return Rating(model=model, item=item,
+                  judge=_required(record, "judge", path, line, "name who rated, in every row"),
+                  dimension=_required(record, "dimension", path, line, "e.g. A, T, E or C"),
+                  score=_score(record.get("score"), scale, path, line),
+                  transcript_id=transcript_id,
+                  rationale=None if rationale in (None, "") else str(rationale),
+                  source=f"{path}:{line}")
+
+
+def _make_transcript(obj: dict, path: Path, line: int) -> Transcript:
+    missing = [key for key in ("id", "model", "item", "messages") if key not in obj]
+    if missing:
+        hint = " (this looks like a rating: put it under DIR/ratings/)" if "score" in obj else ""
+        raise InputError(f"transcript lacks {', '.join(missing)}; each line needs id, model, item, "
+                         f"messages (meta optional){hint}", path, line)
+    hint = "give every conversation an id, model and item"
+    fields = {key: _required(obj, key, path, line, hint) for key in ("id", "model", "item")}
+    messages, meta = obj["messages"], obj.get("meta") or {}
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InputError('messages must be a list of {"role": ..., "content": ...}', path, line)
+    if not isinstance(meta, dict):
+        raise InputError("meta must be a JSON object {...} or left out", path, line)
+    return Transcript(**fields, messages=tuple(messages), meta=meta, source=f"{path}:{line}")
+
+
+def read_transcripts(path: Path) -> list[Transcript]:
+    """Every conversation in one transcripts JSONL file (blank lines skipped)."""
+    path = Path(path)
+    transcripts = [_make_transcript(obj, path, line) for line, obj in _json_records(path)]
+    log.debug("%s: %d transcripts", path, len(transcripts))
+    return transcripts
+
+
+def read_ratings(path: Path, scale: Scale) -> list[Rating]:
+    """Every rating in one ratings file, .csv (with a header) or .jsonl.
+
+    `model` and `item` are "" where a row leaves them out but gives a transcript_id;
+    `load_ratings` fills them in from the transcripts.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        records = _csv_records(path)
+    elif suffix == ".jsonl":
+        records = _json_records(path)
+    else:
+        raise InputError("a ratings file must be .csv or .jsonl; convert or rename it", path)
+    ratings = [_make_rating(record, scale, path, line) for line, record in records]
+    log.debug("%s: %d ratings", path, len(ratings))
+    return ratings
+
+
+def load_ratings(paths: Sequence[Path], scale: Scale,
+                 ratings_files: Sequence[Path] = ()) -> list[Rating]:
+    """All ratings under `paths` (folders or files) and `ratings_files`, checked and complete.
+
+    A folder D gives ratings from D/ratings/*.csv and *.jsonl and transcripts from every other
+    *.jsonl under D. Ratings without model/item get them from their transcript.
+    """
+    rating_paths, transcript_paths = _collect(paths, ratings_files)
+    ratings = [rating for path in rating_paths for rating in read_ratings(path, scale)]
+    if not ratings:
+        where = ", ".join(str(p) for p in (*paths, *ratings_files)) or "(no paths given)"
+        raise InputError(f"no ratings found in {where}; expected DIR/ratings/*.csv or *.jsonl, "
+                         "or pass --ratings FILE")
+    transcripts = _index_transcripts(transcript_paths)
+    ratings = [_fill_from_transcript(rating, transcripts) for rating in ratings]
+    _check_duplicates(ratings)
+    log.info("%d ratings from %d files", len(ratings), len(rating_paths))
+    return ratings
+
+
+def _collect(paths: Sequence[Path], ratings_files: Sequence[Path]) -> tuple[list, list]:
+    """(ratings files, transcripts files) named by the paths, each file once, in order."""
+    rating_paths: list[Path] = []
+    transcript_paths: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise InputError("no such file or folder; pass a transcripts folder or a ratings file",
+                             path)
+        ratings, transcripts = _split_folder(path) if path.is_dir() else _classify_file(path)
+        rating_paths += ratings
+        transcript_paths += transcripts
+    for path in map(Path, ratings_files):
+        if not path.is_file():
+            raise InputError("no such ratings file; check the --ratings path", path)
+        rating_paths.append(path)
+    # The same file reached twice (DIR and --ratings DIR/ratings/x.csv) is read once.
+    return list(dict.fromkeys(rating_paths)), list(dict.fromkeys(transcript_paths))
+
+
+def _split_folder(folder: Path) -> tuple[list[Path], list[Path]]:
+    """D/ratings/*.csv and *.jsonl, and every other *.jsonl under D (transcripts)."""
+    ratings_folder = folder / "ratings"
+    ratings = sorted(p for p in ratings_folder.glob("*")
+                     if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"))
+    transcripts = sorted(p for p in folder.rglob("*.jsonl")
+                         if p.is_file() and not p.is_relative_to(ratings_folder))
+    return ratings, transcripts
+
+
+def _classify_file(path: Path) -> tuple[list[Path], list[Path]]:
+    """A .csv holds ratings; a .jsonl holds ratings if its first object has a "score"."""
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".jsonl"):
+        raise InputError("expected a folder, a ratings .csv or a .jsonl file", path)
+    if suffix == ".csv" or "score" in next(_json_records(path), (0, {}))[1]:
+        return [path], []
+    return [], [path]
+
+
+def _where(source: str) -> tuple[str, int]:
+    path, _, line = source.rpartition(":")
+    return path, int(line)
+
+
+def _index_transcripts(paths: list[Path]) -> dict[str, Transcript]:
+    by_id: dict[str, Transcript] = {}
+    for path in paths:
+        for transcript in read_transcripts(path):
+            first = by_id.setdefault(transcript.id, transcript)
+            if first is not transcript:
+                raise InputError(f"duplicate transcript id {transcript.id!r}, first at "
+                                 f"{first.source}; give each conversation its own id",
+                                 *_where(transcript.source))
+    return by_id
+
+
+def _fill_from_transcript(rating: Rating, transcripts: dict[str, Transcript]) -> Rating:
+    if rating.model and rating.item:
+        return rating
+    transcript = transcripts.get(rating.transcript_id or "")
+    if transcript is None:
+        raise InputError(f"transcript_id {rating.transcript_id!r} is unknown and the rating has no "
+                         "model/item; pass the transcripts folder that holds it, or fill in "
+                         "model and item", *_where(rating.source))
+    return replace(rating, model=rating.model or transcript.model,
+                   item=rating.item or transcript.item)
+
+
+def _check_duplicates(ratings: list[Rating]) -> None:
+    seen: dict[tuple, Rating] = {}
+    for rating in ratings:
+        if rating.transcript_id:
+            names = ("transcript_id", "judge", "dimension")
+            key = (rating.transcript_id, rating.judge, rating.dimension)
+        else:
+            names = ("model", "item", "judge", "dimension")
+            key = (rating.model, rating.item, rating.judge, rating.dimension)
+        first = seen.setdefault((names, key), rating)
+        if first is not rating:
+            same = ", ".join(f"{n}={v}" for n, v in zip(names, key, strict=True))
+            raise InputError(f"duplicate rating: same {same} as {first.source}; remove one or "
+                             "give each a transcript_id", *_where(rating.source))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once: readers see the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
+    tmp = tempfile.NamedTemporaryFile(delete=False, dir=path.parent,
+                                      prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp.name, mode)  # NamedTemporaryFile creates 0600
+        os.replace(tmp.name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp.name)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """`atomic_write_bytes` of `text` encoded as UTF-8 (newlines written as given)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_jsonl(path: Path, obj: dict) -> None:
+    """Append `obj` as one JSON line and fsync, so a crash loses at most the line being written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(obj, ensure_ascii=False) + "\n"
+    with path.open("a", encoding="utf-8", newline="\n") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
