@@ -88,12 +88,11 @@ def gradient(d: Design, mom: Moments, M: int, I: int, J: int) -> tuple[np.ndarra
     return g_small, -np.bincount(d.i, resid, I)
 
 
-def information(d: Design, mom: Moments, M: int, I: int, J: int):
-    """Blocks of -Hessian: D (I,) prompt diagonal, C (I, S) prompt x small, B (S, S) small.
-
-    The small parameters are ordered [theta (M), rho (J), tau (K-1)].
-    """
+def small_information(d: Design, mom: Moments, M: int, J: int, w: np.ndarray | None = None):
+    """(S, S) -Hessian over [theta (M), rho (J), tau (K-1)], ratings weighted by w (N,)."""
     V, cx = mom.variance, mom.cov_x_tail
+    if w is not None:
+        V, cx = V * w, cx * w[:, None]
     K1 = cx.shape[1]
     S = M + J + K1
     B = np.zeros((S, S))
@@ -101,18 +100,27 @@ def information(d: Design, mom: Moments, M: int, I: int, J: int):
     B[th, th] = np.diag(np.bincount(d.m, V, M))
     B[rh, rh] = np.diag(np.bincount(d.j, V, J))
     B[th, rh] = -np.bincount(d.m * J + d.j, V, M * J).reshape(M, J)
-    B[ta, ta] = tau_information(mom.tail)
+    B[ta, ta] = tau_information(mom.tail, w)
     B[th, ta] = -np.stack([np.bincount(d.m, cx[:, h], M) for h in range(K1)], axis=1)
     B[rh, ta] = np.stack([np.bincount(d.j, cx[:, h], J) for h in range(K1)], axis=1)
     B[rh, th] = B[th, rh].T
     B[ta, th] = B[th, ta].T
     B[ta, rh] = B[rh, ta].T
-    C = np.zeros((I, S))
-    C[:, th] = -np.bincount(d.i * M + d.m, V, I * M).reshape(I, M)
-    C[:, rh] = np.bincount(d.i * J + d.j, V, I * J).reshape(I, J)
-    C[:, ta] = np.stack([np.bincount(d.i, cx[:, h], I) for h in range(K1)], axis=1)
-    D = np.bincount(d.i, V, I)
-    return D, C, B
+    return B
+
+
+def information(d: Design, mom: Moments, M: int, I: int, J: int):
+    """Blocks of -Hessian: D (I,) prompt diagonal, C (I, S) prompt x small, B (S, S) small.
+
+    The small parameters are ordered [theta (M), rho (J), tau (K-1)].
+    """
+    V, cx = mom.variance, mom.cov_x_tail
+    K1 = cx.shape[1]
+    C = np.zeros((I, M + J + K1))
+    C[:, :M] = -np.bincount(d.i * M + d.m, V, I * M).reshape(I, M)
+    C[:, M : M + J] = np.bincount(d.i * J + d.j, V, I * J).reshape(I, J)
+    C[:, M + J :] = np.stack([np.bincount(d.i, cx[:, h], I) for h in range(K1)], axis=1)
+    return np.bincount(d.i, V, I), C, small_information(d, mom, M, J)
 
 
 def _free_small(M: int, J: int, K1: int) -> np.ndarray:

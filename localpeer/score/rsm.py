@@ -34,6 +34,7 @@ def category_logprobs(eta: np.ndarray, tau: np.ndarray) -> np.ndarray:
 class Moments:
     """What the likelihood, its derivatives and the fit statistics need, per rating (rows)."""
 
+    logprobs: np.ndarray  # (N, K) log P(X=k)
     probs: np.ndarray  # (N, K) P(X=k)
     expected: np.ndarray  # (N,) E[X]
     variance: np.ndarray  # (N,) Var[X], the information about eta
@@ -44,7 +45,8 @@ class Moments:
 
 def moments(eta: np.ndarray, tau: np.ndarray) -> Moments:
     """Category probabilities and moments at eta (N,) for thresholds tau (K-1,)."""
-    probs = np.exp(category_logprobs(eta, tau))
+    logprobs = category_logprobs(eta, tau)
+    probs = np.exp(logprobs)
     k = np.arange(probs.shape[-1], dtype=float)
     expected = probs @ k
     dev = k - expected[..., None]
@@ -54,7 +56,7 @@ def moments(eta: np.ndarray, tau: np.ndarray) -> Moments:
     tail = np.flip(np.cumsum(np.flip(probs[..., 1:], -1), -1), -1)
     k_tail = np.flip(np.cumsum(np.flip(probs[..., 1:] * k[1:], -1), -1), -1)
     cov_x_tail = k_tail - expected[..., None] * tail
-    return Moments(probs, expected, np.maximum(variance, 1e-300), kurt, tail, cov_x_tail)
+    return Moments(logprobs, probs, expected, np.maximum(variance, 1e-300), kurt, tail, cov_x_tail)
 
 
 def expected_score(eta: np.ndarray, tau: np.ndarray, values: np.ndarray) -> np.ndarray:
