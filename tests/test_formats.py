@@ -73,6 +73,30 @@ def test_csv_row_numbers_count_physical_lines(tmp_path):
     assert info.value.line == 4
 
 
+def test_csv_fast_path_matches_the_reference_path(tmp_path):
+    """Plainly valid rows take a fast path; it must give what _make_rating gives for every row."""
+    header = ["transcript_id", "score", "judge", "model", "item", "dimension", "rationale", "x"]
+    rows = [["", "3", "j1", "m", "i", "A", "", "1"],
+            ["t-1", "5", " j2 ", "", "", "T", "why, not", ""],
+            ["t-2", "4.0", "j1", "m", " i ", "E", "", ""],  # "4.0" takes the reference path
+            ["", " 1", "j3", "m2", "i", "C"]]  # short row and padded score: reference path
+    text = ",".join(header) + "\n" + "".join(
+        ",".join(f'"{v}"' if "," in v else v for v in row) + "\n" for row in rows)
+    path = write(tmp_path / "r.csv", text)
+    expected = [formats._make_rating(dict(zip(header, row, strict=False)), SCALE, path, line)
+                for line, row in enumerate(rows, start=2)]
+    assert read_ratings(path, SCALE) == expected
+    assert [r.score for r in expected] == [3, 5, 4, 1]
+    assert expected[1].rationale == "why, not"
+
+
+def test_csv_without_optional_columns(tmp_path):
+    path = write(tmp_path / "r.csv", "judge,score,dimension,item,model\nj,2,A,i,m\n")
+    [rating] = read_ratings(path, SCALE)
+    assert (rating.model, rating.item, rating.score) == ("m", "i", 2)
+    assert (rating.transcript_id, rating.rationale) == (None, None)
+
+
 def test_jsonl_ratings_round_trip(tmp_path):
     rows = [{"model": "base", "item": "pk-1", "judge": "j1", "dimension": "A", "score": 2,
              "transcript_id": "t-1", "rationale": "terse"},
@@ -177,6 +201,13 @@ def test_missing_column(tmp_path):
     assert "found model, item, rater, dimension, points" in message
 
 
+def test_column_named_twice(tmp_path):
+    path = write(tmp_path / "r.csv", "model,item,judge,dimension,score,Score\nm,i,j,A,3,4\n")
+    with pytest.raises(InputError, match="column.s. score appear twice") as info:
+        read_ratings(path, SCALE)
+    assert info.value.line == 1
+
+
 def test_missing_key_in_jsonl(tmp_path):
     path = write(tmp_path / "r.jsonl",
                  '{"model": "m", "item": "i", "judge": "j", "dimension": "A", "score": 3}\n'
@@ -258,11 +289,36 @@ def test_unknown_transcript_id(tmp_path):
     assert "pass the transcripts folder" in str(info.value)
 
 
+def test_transcript_without_messages(tmp_path):
+    path = write(tmp_path / "t.jsonl", transcript_line("t-1", "m", "i") + "\n"
+                 + '{"id": "t-2", "model": "m", "item": "i"}\n')
+    with pytest.raises(InputError, match="transcript lacks messages") as info:
+        read_transcripts(path)
+    assert (info.value.path, info.value.line) == (str(path), 2)
+
+
+def test_ratings_jsonl_in_the_transcripts_folder_is_named(tmp_path):
+    write(tmp_path / "ratings" / "r.csv", "model,item,judge,dimension,score\nm,i,j,A,3\n")
+    write(tmp_path / "misplaced.jsonl", '{"model": "m", "item": "i", "judge": "j", '
+                                        '"dimension": "T", "score": 3}\n')
+    with pytest.raises(InputError, match="looks like a rating: put it under DIR/ratings/"):
+        load_ratings([tmp_path], SCALE)
+
+
+def test_unsupported_file_type(tmp_path):
+    path = write(tmp_path / "ratings.tsv", "model\titem\n")
+    with pytest.raises(InputError, match="expected a folder, a ratings .csv or a .jsonl file"):
+        load_ratings([path], SCALE)
+
+
 def test_atomic_write_text_writes_and_replaces(tmp_path):
     path = tmp_path / "deep" / "out.json"
     atomic_write_text(path, "first\n")
+    assert path.stat().st_mode & 0o777 == 0o644  # not the 0600 of a temporary file
+    path.chmod(0o640)
     atomic_write_text(path, "second ✓\n")
     assert path.read_text(encoding="utf-8") == "second ✓\n"
+    assert path.stat().st_mode & 0o777 == 0o640  # the mode of the file it replaced
     assert os.listdir(path.parent) == ["out.json"]
 
 

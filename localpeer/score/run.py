@@ -62,8 +62,9 @@ def _threshold_warnings(design: Design, est: Estimates) -> list[str]:
     if (steps > 0).all():
         return []
     values = design.category_values.astype(int)
-    bad = [f"{values[h]}->{values[h + 1]} ({est.tau[h - 1]:.2f}) >= "
-           f"{values[h + 1]}->{values[h + 2]} ({est.tau[h]:.2f})"
+    # tau[h] is the step from category h to h + 1
+    bad = [f"{values[h - 1]}->{values[h]} ({est.tau[h - 1]:.2f}) >= "
+           f"{values[h]}->{values[h + 1]} ({est.tau[h]:.2f})"
            for h in range(1, est.tau.size) if steps[h - 1] <= 0]
     return ["thresholds are disordered: " + "; ".join(bad) + ". Some categories are never "
             "the most probable; consider merging them or rewriting the rubric's anchors"]
