@@ -95,8 +95,8 @@ def separation(measures: np.ndarray, ses: np.ndarray) -> Separation:
     return Separation(g, reliability, (4.0 * g + 1.0) / 3.0)
 
 
-def bias_terms(d: Design, est: Estimates, max_iter: int = 50) -> tuple[list[BiasTerm], list[str]]:
-    """Judge x model interaction for every pair with ratings; extreme pairs are named, not fitted."""
+def bias_terms(d: Design, est: Estimates, max_iter: int = 50):
+    """Judge x model interaction of every rated pair: (terms, notes on extreme pairs)."""
     M, J = len(d.models.kept), len(d.judges.kept)
     if M < 2 or J < 2:
         return [], []
@@ -111,7 +111,8 @@ def bias_terms(d: Design, est: Estimates, max_iter: int = 50) -> tuple[list[Bias
     for _ in range(max_iter):
         mom = moments(eta + b[pair], est.tau)
         info = np.bincount(pair, mom.variance, M * J)
-        step = np.where(n > 0, np.bincount(pair, d.x - mom.expected, M * J) / np.maximum(info, 1e-12), 0)
+        resid = np.bincount(pair, d.x - mom.expected, M * J)
+        step = np.where(n > 0, resid / np.maximum(info, 1e-12), 0.0)
         b = np.where(extreme, 0.0, b + np.clip(step, -1.0, 1.0))
         if np.abs(step[~extreme]).max(initial=0.0) < 1e-8:
             break

@@ -1,0 +1,42 @@
+# localpeer tasks. `just --list` shows them; README.md explains each.
+
+python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } else { "python3" }
+
+# list the recipes
+default:
+    @just --list
+
+# create .venv and install localpeer with the dev tools (torch first: the CPU build, not CUDA)
+setup:
+    test -x .venv/bin/python || python3 -m venv .venv
+    .venv/bin/pip install --upgrade pip
+    .venv/bin/pip install torch==2.13.0
+    .venv/bin/pip install -e '.[dev]'
+
+# the whole test suite (what CI runs)
+test *args:
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 {{python}} -m pytest -q {{args}}
+
+# the suite without the slow end-to-end and replication tests
+test-fast *args:
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 {{python}} -m pytest -q -m "not slow" {{args}}
+
+# only where CUDA exists
+test-gpu *args:
+    {{python}} -m pytest -q tests/gpu {{args}}
+
+# ruff lint
+lint:
+    {{python}} -m ruff check localpeer tests bench
+
+# grade rated transcripts: just score transcripts/ --json scores.json
+score *args:
+    {{python}} -m localpeer score {{args}}
+
+# simulate, fit and show parameter recovery
+selftest *args:
+    {{python}} -m localpeer score --selftest {{args}}
+
+# benchmarks against peers in the same run (numbers go in README.md)
+bench *args:
+    {{python}} bench/score_bench.py {{args}}
