@@ -1,8 +1,8 @@
 """Simulate, fit, compare: 40 seeded replications of 5 models x 200 prompts x 3 judges.
 
-Five categories. MML must recover theta without spread (slope 1 +- 0.05) with honest 95% CIs (coverage
-0.90-0.98). JML, the Facets estimator, over-spreads theta when each prompt has few ratings
-(15 here); the test measures and states that over-spread rather than hiding it.
+Five categories. MML must recover theta without spread (slope 1 +- 0.05) with honest 95%
+CIs (coverage 0.90-0.98). JML, the Facets estimator, over-spreads theta when each prompt has
+few ratings (15 here); the test measures and states that over-spread rather than hiding it.
 """
 
 import numpy as np
