@@ -124,8 +124,8 @@ def _fit_localpeer(tool, data):
     t2 = time.perf_counter()
     return dict(
         stages={"build_design": t1 - t0, f"fit_{tool}": t2 - t1},
-        theta=dict(zip(design.models.kept, map(float, est.theta))),
-        rho=dict(zip(design.judges.kept, map(float, est.rho))),
+        theta=dict(zip(design.models.kept, map(float, est.theta), strict=True)),
+        rho=dict(zip(design.judges.kept, map(float, est.rho), strict=True)),
         converged=bool(est.converged),
         iterations=int(est.iterations),
         notes=list(design.warnings) + list(est.warnings),
@@ -246,7 +246,8 @@ def simulate_to(path: Path, n: int, seed: int) -> tuple[int, dict]:
                                                  len(str(N_MODELS))))
     np.savez(path, models=sim.models, items=sim.items, judges=sim.judges, scores=sim.scores,
              scale_min=sim.scale_min, scale_max=sim.scale_max)
-    return int(sim.scores.size), dict(zip(map(str, names), map(float, sim.truth.theta)))
+    truth = dict(zip(map(str, names), map(float, sim.truth.theta), strict=True))
+    return int(sim.scores.size), truth
 
 
 def run_child(tool: str, data: Path, out: Path, timeout: float) -> dict:
@@ -331,8 +332,9 @@ HEADER = ["ratings", "tool", "estimator", "wall s", "ratings/s", "peak RSS MB",
 def markdown_table(rows: list[list[str]]) -> str:
     widths = [max(len(r[c]) for r in [HEADER] + rows) for c in range(len(HEADER))]
     right = {0, 3, 4, 5, 6, 7, 8, 9}
+    cells = lambda r: zip(r, widths, strict=True)  # noqa: E731
     line = lambda r: "| " + " | ".join(  # noqa: E731
-        (s.rjust(w) if c in right else s.ljust(w)) for c, (s, w) in enumerate(zip(r, widths))
+        (s.rjust(w) if c in right else s.ljust(w)) for c, (s, w) in enumerate(cells(r))
     ) + " |"
     sep = "|" + "|".join(("-" * (w + 1) + ":") if c in right else ("-" * (w + 2))
                          for c, w in enumerate(widths)) + "|"
@@ -386,7 +388,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10000,100000,1000000",
-                    help="comma-separated expected rating counts (max %d)" % FULL)
+                    help=f"comma-separated expected rating counts (max {FULL})")
     ap.add_argument("--peer-timeout", type=float, default=120.0,
                     help="seconds before a raschpy fit is killed and reported as timeout")
     ap.add_argument("--fit-timeout", type=float, default=600.0,

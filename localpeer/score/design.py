@@ -86,10 +86,10 @@ def connected_subsets(m, i, j, n_models, n_items, n_judges) -> list[np.ndarray]:
     """Components of the rating graph; node ids are models, then items, then judges."""
     uf = UnionFind(n_models + n_items + n_judges)
     # a rating links its model, prompt and judge; unique pairs keep the Python loop short
-    for a, b in np.unique(np.stack([m, n_models + i]), axis=1).T:
-        uf.union(int(a), int(b))
-    for a, b in np.unique(np.stack([m, n_models + n_items + j]), axis=1).T:
-        uf.union(int(a), int(b))
+    for pair in np.unique(i.astype(np.int64) * n_models + m).tolist():
+        uf.union(pair % n_models, n_models + pair // n_models)
+    for pair in np.unique(j.astype(np.int64) * n_models + m).tolist():
+        uf.union(pair % n_models, n_models + n_items + pair // n_models)
     roots = np.array([uf.find(k) for k in range(len(uf.parent))])
     return [np.flatnonzero(roots == r) for r in np.unique(roots)]
 

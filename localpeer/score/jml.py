@@ -24,7 +24,7 @@ import numpy as np
 
 from localpeer.score.design import Design
 from localpeer.score.estimates import Estimates
-from localpeer.score.rsm import Moments, moments, tau_information
+from localpeer.score.rsm import Moments, logprob_of, moments, tau_information
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +69,18 @@ def initial_tau(x: np.ndarray, n_categories: int) -> np.ndarray:
 
 
 def loglik(d: Design, p: _Params) -> float:
-    from localpeer.score.rsm import category_logprobs
-
-    logp = category_logprobs(p.eta(d), p.tau)
-    return float(logp[np.arange(d.x.size), d.x].sum())
+    return float(logprob_of(p.eta(d), p.tau, d.x).sum())
 
 
 def gradient(d: Design, mom: Moments, M: int, I: int, J: int) -> tuple[np.ndarray, np.ndarray]:
     """d loglik / d params: ([theta, rho, tau] (S,), delta (I,))."""
     resid = d.x - mom.expected
-    K1 = mom.tail.shape[1]
+    K1 = mom.tail.shape[0]
     at_least = (d.x[:, None] >= np.arange(1, K1 + 1)).sum(axis=0)
     g_small = np.concatenate([
         np.bincount(d.m, resid, M),
         -np.bincount(d.j, resid, J),
-        mom.tail.sum(axis=0) - at_least,
+        mom.tail.sum(axis=1) - at_least,
     ])
     return g_small, -np.bincount(d.i, resid, I)
 
@@ -92,8 +89,8 @@ def small_information(d: Design, mom: Moments, M: int, J: int, w: np.ndarray | N
     """(S, S) -Hessian over [theta (M), rho (J), tau (K-1)], ratings weighted by w (N,)."""
     V, cx = mom.variance, mom.cov_x_tail
     if w is not None:
-        V, cx = V * w, cx * w[:, None]
-    K1 = cx.shape[1]
+        V, cx = V * w, cx * w
+    K1 = cx.shape[0]
     S = M + J + K1
     B = np.zeros((S, S))
     th, rh, ta = slice(0, M), slice(M, M + J), slice(M + J, S)
@@ -101,8 +98,8 @@ def small_information(d: Design, mom: Moments, M: int, J: int, w: np.ndarray | N
     B[rh, rh] = np.diag(np.bincount(d.j, V, J))
     B[th, rh] = -np.bincount(d.m * J + d.j, V, M * J).reshape(M, J)
     B[ta, ta] = tau_information(mom.tail, w)
-    B[th, ta] = -np.stack([np.bincount(d.m, cx[:, h], M) for h in range(K1)], axis=1)
-    B[rh, ta] = np.stack([np.bincount(d.j, cx[:, h], J) for h in range(K1)], axis=1)
+    B[th, ta] = -np.stack([np.bincount(d.m, cx[h], M) for h in range(K1)], axis=1)
+    B[rh, ta] = np.stack([np.bincount(d.j, cx[h], J) for h in range(K1)], axis=1)
     B[rh, th] = B[th, rh].T
     B[ta, th] = B[th, ta].T
     B[ta, rh] = B[rh, ta].T
@@ -115,11 +112,11 @@ def information(d: Design, mom: Moments, M: int, I: int, J: int):
     The small parameters are ordered [theta (M), rho (J), tau (K-1)].
     """
     V, cx = mom.variance, mom.cov_x_tail
-    K1 = cx.shape[1]
+    K1 = cx.shape[0]
     C = np.zeros((I, M + J + K1))
     C[:, :M] = -np.bincount(d.i * M + d.m, V, I * M).reshape(I, M)
     C[:, M : M + J] = np.bincount(d.i * J + d.j, V, I * J).reshape(I, J)
-    C[:, M + J :] = np.stack([np.bincount(d.i, cx[:, h], I) for h in range(K1)], axis=1)
+    C[:, M + J :] = np.stack([np.bincount(d.i, cx[h], I) for h in range(K1)], axis=1)
     return np.bincount(d.i, V, I), C, small_information(d, mom, M, J)
 
 

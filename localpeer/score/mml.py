@@ -31,7 +31,7 @@ from scipy.special import logsumexp, softmax
 from localpeer.score.design import Design
 from localpeer.score.estimates import Estimates
 from localpeer.score.jml import fit_jml, small_information
-from localpeer.score.rsm import moments
+from localpeer.score.rsm import logprob_of, moments
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,8 @@ def node_logliks(d: Design, p: _Params, nodes: _Nodes, z, log_w, I: int):
     base = p.theta[d.m] - p.rho[d.j]
     deltas = nodes.delta(z)
     terms = np.empty_like(deltas)
-    rows = np.arange(d.x.size)
     for q in range(z.size):
-        logp = moments(base - deltas[d.i, q], p.tau).logprobs[rows, d.x]
+        logp = logprob_of(base - deltas[d.i, q], p.tau, d.x)
         terms[:, q] = np.bincount(d.i, logp, I)
     # prior N(0, sigma^2) over the standard-normal weights the rule integrates against
     terms += log_w[None, :] - 0.5 * deltas**2 / p.sigma**2
@@ -122,7 +121,7 @@ def node_scores(d: Design, p: _Params, nodes: _Nodes, z, post, M, J, K1, I):
         scores[:, q, :M] = np.bincount(d.i * M + d.m, resid, I * M).reshape(I, M)
         scores[:, q, M : M + J] = -np.bincount(d.i * J + d.j, resid, I * J).reshape(I, J)
         for h in range(K1):
-            scores[:, q, M + J + h] = np.bincount(d.i, mom.tail[:, h] - at_least[:, h], I)
+            scores[:, q, M + J + h] = np.bincount(d.i, mom.tail[h] - at_least[:, h], I)
         w = post[d.i, q]
         info[: S - 1, : S - 1] += small_information(d, mom, M, J, w)
     ratio = deltas**2 / p.sigma**2

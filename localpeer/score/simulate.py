@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from localpeer.score.rsm import category_logprobs
+from localpeer.score.rsm import category_probs
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,6 @@ def simulate(
 
 def draw_scores(eta: np.ndarray, tau: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One category (0..K-1) per rating, by inverse CDF."""
-    cdf = np.cumsum(np.exp(category_logprobs(eta, tau)), axis=1)
+    cdf = np.cumsum(category_probs(eta, tau), axis=1)
     u = rng.random(eta.size)[:, None]
     return np.minimum((u > cdf).sum(axis=1), tau.size)

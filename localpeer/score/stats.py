@@ -19,7 +19,7 @@ import numpy as np
 
 from localpeer.score.design import Design
 from localpeer.score.estimates import Estimates
-from localpeer.score.rsm import Moments, moments
+from localpeer.score.rsm import Moments, central_moments, moments
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _wilson_hilferty(ms: np.ndarray, q: np.ndarray) -> np.ndarray:
 def fit_statistics(codes: np.ndarray, n_elements: int, x: np.ndarray, mom: Moments) -> FitStats:
     """Infit and outfit of every element of a facet (codes: the facet's code per rating)."""
     resid2 = (x - mom.expected) ** 2
-    V, C = mom.variance, mom.kurt
+    V, C = central_moments(mom.probs, mom.expected)
     n = np.bincount(codes, minlength=n_elements).astype(float)
     sum_v = np.bincount(codes, V, n_elements)
     with np.errstate(divide="ignore", invalid="ignore"):
