@@ -7,6 +7,7 @@ finite-difference gradients. Nothing is shared with localpeer.score except the d
 
 import numpy as np
 import pytest
+from finite_diff import hessian
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
@@ -34,17 +35,6 @@ def plain_nll(params, m, i, j, x, M, I, J, K):
     return -(exponents[np.arange(x.size), x] - logsumexp(exponents, axis=1)).sum()
 
 
-def plain_hessian(f, p, h=1e-4):
-    n = p.size
-    H = np.zeros((n, n))
-    for a in range(n):
-        for b in range(a, n):
-            e_a, e_b = np.eye(n)[a] * h, np.eye(n)[b] * h
-            H[a, b] = H[b, a] = (f(p + e_a + e_b) - f(p + e_a - e_b) - f(p - e_a + e_b)
-                                 + f(p - e_a - e_b)) / (4 * h * h)
-    return H
-
-
 @pytest.fixture(scope="module")
 def small_fit():
     sim = simulate(n_models=4, n_items=30, n_judges=3, n_categories=4, missing=0.2, seed=11)
@@ -70,7 +60,7 @@ def test_jml_matches_plain_minimiser(small_fit):
 def test_jml_standard_errors_match_inverse_of_plain_hessian(small_fit):
     d, est, plain, args = small_fit
     M, I, J, K = args[4:]
-    H = plain_hessian(lambda p: plain_nll(p, *args), plain.x)
+    H = hessian(lambda p: plain_nll(p, *args), plain.x, h=1e-4)
     cov_free = np.linalg.inv(H)
     # carry the covariance through the sum-to-zero constraints: full = A free
     n_free = plain.x.size

@@ -6,6 +6,7 @@ knows nothing of adaptive quadrature, Louis' identity or the Newton solver.
 
 import numpy as np
 import pytest
+from finite_diff import hessian
 from scipy.optimize import minimize
 from scipy.sparse import csr_matrix
 from scipy.special import logsumexp
@@ -70,14 +71,8 @@ def test_mml_standard_errors_match_numerical_hessian(fitted):
     M, I, J, K = len(d.models.kept), len(d.items.kept), len(d.judges.kept), d.n_categories
     p0 = np.concatenate([est.theta, est.rho[:-1], est.tau[:-1], [np.log(est.item_sd)]])
     f = lambda p: plain_marginal_nll(p, d, M, I, J, K)  # noqa: E731
-    h = 1e-3
     n = p0.size
-    H = np.zeros((n, n))
-    for a in range(n):
-        for b in range(a, n):
-            ea, eb = np.eye(n)[a] * h, np.eye(n)[b] * h
-            H[a, b] = H[b, a] = (f(p0 + ea + eb) - f(p0 + ea - eb) - f(p0 - ea + eb)
-                                 + f(p0 - ea - eb)) / (4 * h * h)
+    H = hessian(f, p0, h=1e-3)
     cov = np.linalg.inv(H)
     # theta differences do not depend on the centring: compare the SE of theta[0] - theta[-1]
     c = np.zeros(n)
