@@ -20,6 +20,8 @@ the pipeline (each station reads files and writes files):
   -> judge -> score -> report
 
 examples:
+  localpeer data validate data/personaknob-starter/    check PersonaKnob records
+  localpeer data stats data/personaknob-starter/       masks, pairs, lengths
   localpeer score transcripts/                      grade rated transcripts (MML, 1-5 scale)
   localpeer score ratings.csv --estimator jml       the Facets estimator on a ratings file
   localpeer score --selftest                        simulate, fit and show parameter recovery
@@ -79,6 +81,84 @@ def _add_score(sub) -> None:
     p.set_defaults(run=_run_score)
 
 
+DATA_EPILOG = """\
+PersonaKnob records (METHOD.md §1): one JSON object a line with id, mask (active dimensions,
+e.g. ["A","E"]), seed_scene, context, trigger, prompt, golden, reject_A/T/E/C (null when the
+dimension is inactive), optional split and meta. Each record yields one preference pair per
+active dimension: golden ≻ reject_k.
+
+examples:
+  localpeer data import personaknob-release/ --out data/personaknob
+  localpeer data validate data/personaknob-starter/
+  localpeer data stats data/personaknob-starter/train.jsonl --tokenizer model.gguf
+  localpeer data build --teacher smollm2 --seeds data/seeds/personaknob-seeds.jsonl \\
+      --out data/built.jsonl --limit 20
+"""
+
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="import, validate, describe and build PersonaKnob data",
+                       description="PersonaKnob preference data: the partial order that "
+                       "Lag-DPO learns from.", epilog=DATA_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    imp = dsub.add_parser("import", help="convert the public release (JSONL, CSV, Parquet or "
+                          "a datasets folder) into OUT/train.jsonl and OUT/test.jsonl",
+                          epilog="example: localpeer data import personaknob/ --out data/pk",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    imp.add_argument("src", type=Path, metavar="SRC", help="a file or a folder")
+    imp.add_argument("--out", type=Path, required=True, metavar="DIR",
+                     help="folder for train.jsonl and test.jsonl")
+    imp.add_argument("--quiet", action="store_true")
+    imp.set_defaults(run=_lazy("localpeer.data.command", "run_import"))
+    val = dsub.add_parser("validate", help="check records; exit 2 on a bad record, 1 on "
+                          "duplicate prompts or train/test leakage",
+                          epilog="example: localpeer data validate data/personaknob-starter/",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    val.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    val.add_argument("--quiet", action="store_true")
+    val.set_defaults(run=_lazy("localpeer.data.command", "run_validate"))
+    st = dsub.add_parser("stats", help="records per mask, pairs per dimension, lengths",
+                         epilog="example: localpeer data stats data/personaknob-starter/ "
+                         "--tokenizer model.gguf",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files or folders")
+    st.add_argument("--tokenizer", type=Path, metavar="GGUF|HF_DIR",
+                    help="also count tokens with this tokenizer (a GGUF or a local HF folder)")
+    st.set_defaults(run=_lazy("localpeer.data.command", "run_stats"))
+    b = dsub.add_parser("build", help="write new records from seed scenes with a local "
+                        "teacher model (resumable)",
+                        epilog="example: localpeer data build --teacher smollm2 --seeds "
+                        "data/seeds/personaknob-seeds.jsonl --out data/built.jsonl",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("--teacher", required=True, metavar="MODEL.gguf",
+                   help="the teacher GGUF, or 'smollm2' for the embedded default")
+    b.add_argument("--seeds", type=Path, required=True, metavar="SEEDS.jsonl",
+                   help="seed scenes: id, seed_scene, mask, domain")
+    b.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help="records are appended here; ids already in it are skipped")
+    b.add_argument("--limit", type=int, default=0, help="only the first N seeds")
+    b.add_argument("--attempts", type=int, default=2,
+                   help="generations per seed before giving up (default 2)")
+    b.add_argument("--max-tokens", type=int, default=512,
+                   help="token limit of each teacher call (default 512)")
+    b.add_argument("--length-tolerance", type=float, default=0.4,
+                   help="rejects must be within this share of the golden's length (0.4)")
+    b.add_argument("--temperature", type=float, default=0.7)
+    b.add_argument("--ctx", type=int, default=4096, help="teacher context length")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(run=_lazy("localpeer.data.command", "run_build"))
+
+
+def _lazy(module: str, function: str):
+    """A runner that imports its module only when the command runs."""
+    def run(args) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), function)(args)
+    return run
+
+
 def _run_score(args) -> int:
     from localpeer.score.command import run_score
 
@@ -94,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_data(sub)
     _add_score(sub)
     return parser
 

@@ -1,4 +1,4 @@
-"""Rich renderables for `localpeer score`: the only module that imports rich (STYLE.md rule 5).
+"""Rich renderables for `localpeer score` (STYLE.md rule 5: presentation apart from computation).
 
     from rich.console import Console
     from localpeer.report import render_score
