@@ -58,16 +58,15 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
             yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
 
 
-def _table_rows(table, path: Path) -> Iterator[tuple[int, dict]]:
-    for k, row in enumerate(table.to_pylist(), 1):
-        yield k, row
+def _table_rows(table) -> Iterator[tuple[int, dict]]:
+    yield from enumerate(table.to_pylist(), 1)
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
     _needs_pyarrow("Parquet")
     import pyarrow.parquet as pq
 
-    yield from _table_rows(pq.read_table(path), path)
+    yield from _table_rows(pq.read_table(path))
 
 
 def _datasets_folder_rows(folder: Path) -> Iterator[tuple[str, Path, int, dict]]:
@@ -90,7 +89,7 @@ def _datasets_folder_rows(folder: Path) -> Iterator[tuple[str, Path, int, dict]]
         split = arrow.parent.name if arrow.parent != folder else None
         with pa.memory_map(str(arrow)) as source:
             table = pa.ipc.open_stream(source).read_all()
-        for k, row in _table_rows(table, arrow):
+        for k, row in _table_rows(table):
             yield split, arrow, k, row
 
 
