@@ -129,3 +129,15 @@ def test_build_with_embedded_smollm2_survives_a_kill(tmp_path, seeds_file):
     ids = [r.id for r in records]
     assert len(ids) == len(set(ids)) >= 1
     assert set(ids) <= {"built-s0", "built-s1", "built-s2"}
+
+
+def test_shipped_seed_scenes():
+    from pathlib import Path
+
+    seeds = read_seeds(Path(__file__).resolve().parents[1] / "data" / "seeds" /
+                       "personaknob-seeds.jsonl")
+    assert len(seeds) >= 100
+    assert len({"".join(s.mask) for s in seeds}) == 15
+    assert len({s.domain for s in seeds}) >= 12
+    for d in "ATEC":
+        assert sum(d in s.mask for s in seeds) / len(seeds) >= 0.4

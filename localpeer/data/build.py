@@ -46,13 +46,17 @@ FAILURE = {
 }
 SYSTEM = ("You write training data for a chat assistant. Follow the instructions exactly and "
           "answer only with the requested JSON.")
+# maxLength bounds every string in the grammar, so a rambling teacher still closes its JSON
+# inside --max-tokens (about 4 characters a token)
 SCENARIO_SCHEMA = {
     "type": "object",
-    "properties": {"context": {"type": "string"}, "trigger": {"type": "string"},
-                   "prompt": {"type": "string"}},
+    "properties": {"context": {"type": "string", "minLength": 20, "maxLength": 400},
+                   "trigger": {"type": "string", "minLength": 10, "maxLength": 300},
+                   "prompt": {"type": "string", "minLength": 80, "maxLength": 800}},
     "required": ["context", "trigger", "prompt"],
 }
-TEXT_SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}},
+TEXT_SCHEMA = {"type": "object",
+               "properties": {"text": {"type": "string", "minLength": 200, "maxLength": 1200}},
                "required": ["text"]}
 
 
@@ -245,5 +249,5 @@ class LlamaTeacher:
         reply = self.llm.create_chat_completion(
             messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
             grammar=self._grammars[key], max_tokens=max_tokens, temperature=self.temperature,
-            seed=seed)
+            repeat_penalty=1.15, seed=seed)
         return json.loads(reply["choices"][0]["message"]["content"])
