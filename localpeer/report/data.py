@@ -33,6 +33,12 @@ def _length(s: LengthSummary | None) -> str:
     return "—" if s is None or s.max == 0 else f"{s.mean:.0f} ({s.min}–{s.max})"
 
 
+def _arrow(golden: LengthSummary | None, reject: LengthSummary | None) -> str:
+    if golden is None or reject is None or golden.max == 0:
+        return "—"
+    return f"{golden.mean:.0f} → {reject.mean:.0f}"
+
+
 def render_data_stats(stats: DataStats, console: Console) -> None:
     splits = ", ".join(f"{k} {v}" for k, v in sorted(stats.splits.items()))
     console.print(Text(f"{stats.records} records ({splits}); {stats.graded_records} graded",
@@ -41,20 +47,20 @@ def render_data_stats(stats: DataStats, console: Console) -> None:
     for mask, n in stats.masks.items():
         masks.add_row(mask, str(n))
     console.print(masks)
-    dims = Table("dim", "active in", "pairs", "golden chars", "reject chars", "reject/golden",
-                 title="Pairs per dimension (mean (min–max))", box=box.SIMPLE_HEAD)
+    dims = Table("dim", "active in", "pairs", "chars golden → reject", "reject/golden",
+                 title="Pairs per dimension (means; ratio range in brackets)",
+                 box=box.SIMPLE_HEAD)
     if stats.prompt_tokens is not None:
-        dims.add_column("golden tokens")
-        dims.add_column("reject tokens")
+        dims.add_column("tokens golden → reject")
     for d, lengths in stats.dims.items():
         share = stats.active[d] / stats.records if stats.records else 0.0
         ratio = lengths.ratio
         row = [f"{d} {DIM_NAMES[d]}", f"{stats.active[d]} ({share:.0%})", str(lengths.pairs),
-               _length(lengths.golden_chars), _length(lengths.reject_chars),
+               _arrow(lengths.golden_chars, lengths.reject_chars),
                "—" if not lengths.pairs else
                f"{ratio.mean / 10:.0f}% ({ratio.min / 10:.0f}–{ratio.max / 10:.0f}%)"]
         if stats.prompt_tokens is not None:
-            row += [_length(lengths.golden_tokens), _length(lengths.reject_tokens)]
+            row.append(_arrow(lengths.golden_tokens, lengths.reject_tokens))
         dims.add_row(*row)
     console.print(dims)
     if stats.prompt_tokens is not None:
