@@ -18,7 +18,7 @@ from localpeer.data.personaknob import (
 )
 
 ROOT = Path(__file__).resolve().parents[1] / "data" / "personaknob-starter"
-TEST_FRACTION = 0.22  # the fraction data/personaknob-starter/README.md documents
+TEST_FRACTION = 0.2  # the fraction data/personaknob-starter/README.md documents
 MAX_OVERLAP = 0.12  # shared word 5-grams / the smaller record's 5-grams
 
 
