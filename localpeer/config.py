@@ -43,7 +43,7 @@ class TrainConfig:
     eval_pairs: int = 0  # cap on held-out pairs per eval (0 = all)
     checkpoint_every: int = 25  # checkpoint interval (steps); also on Ctrl-C
     seed: int = 0  # data order, LoRA init and dropout
-    optimizer: str = "auto"  # auto (paged 8-bit AdamW on CUDA, AdamW on CPU) | adamw | paged_adamw_8bit
+    optimizer: str = "auto"  # auto (paged 8-bit AdamW on CUDA, else adamw) | paged_adamw_8bit
     cache_reference: bool = True  # precompute reference log-probs once, cached on disk
 
 
@@ -131,7 +131,7 @@ def _unknown(key: str, known: list[str], where: str) -> InputError:
 
 def all_keys(cls=Recipe, prefix: str = "") -> list[str]:
     keys = []
-    for name, f in _fields(cls).items():
+    for name in _fields(cls):
         typ = _field_type(cls, name)
         if dataclasses.is_dataclass(typ):
             keys += all_keys(typ, f"{prefix}{name}.")

@@ -1,0 +1,146 @@
+"""Load the policy: the base model (optionally 4-bit) with a LoRA adapter on top.
+
+Backends: `peft` (transformers + peft; bitsandbytes nf4 with double quantization when
+`quantize: nf4`, which also runs on CPU), `unsloth` (CUDA only; imported first, before
+transformers, because it patches it), `auto` (unsloth on CUDA when installed, else peft).
+The reference model is the same module with the adapter disabled.
+
+    from localpeer.train.backends import load_policy
+    policy = load_policy(recipe, Path("models/hf/smollm2-135m-instruct"))
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from localpeer.config import Recipe
+from localpeer.deps import available, require
+from localpeer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+COMMON_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class Policy:
+    model: torch.nn.Module  # a peft model: LoRA on, or off inside `reference()`
+    tokenizer: object
+    backend: str  # peft | unsloth
+    device: torch.device
+    quantized: bool
+    source: Path | None = None  # the base model folder (keys the reference cache)
+
+
+def resolve_backend(recipe: Recipe) -> str:
+    cuda = torch.cuda.is_available()
+    if recipe.backend == "unsloth" and not cuda:
+        raise InputError("backend=unsloth needs a CUDA GPU; set backend: peft (or auto)")
+    if recipe.backend == "auto":
+        return "unsloth" if cuda and available("unsloth") else "peft"
+    return recipe.backend
+
+
+def resolve_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
+    if recipe.dtype != "auto":
+        return getattr(torch, recipe.dtype)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def lora_targets(recipe: Recipe, model: torch.nn.Module, card_targets: tuple[str, ...]) -> list:
+    """The recipe's targets, else the model card's, else the usual projections present."""
+    wanted = recipe.lora.targets or card_targets or COMMON_TARGETS
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    found = [t for t in wanted if t in names]
+    if not found:
+        raise InputError(f"none of the LoRA targets {list(wanted)} is a module of this model; "
+                         "set lora.targets to module names it has")
+    return found
+
+
+def _check_model_dir(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise InputError("not a model folder (no config.json); run `localpeer pull CARD` or "
+                         "point `model` at a Hugging Face folder", path)
+    if not any(path.glob("*.safetensors")):
+        raise InputError("no *.safetensors weights here; localpeer loads safetensors only "
+                         "(never pickle): convert the checkpoint first", path)
+
+
+def _load_peft(recipe: Recipe, path: Path, device: torch.device, card_targets) -> Policy:
+    transformers = require("transformers", "train")
+    peft = require("peft", "train")
+    dtype = resolve_dtype(recipe, device)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+    kwargs = {"dtype": dtype, "use_safetensors": True}
+    quantized = recipe.quantize == "nf4"
+    if quantized:
+        require("bitsandbytes", "train")
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype)
+        kwargs["device_map"] = {"": str(device)}
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if not quantized:
+        model.to(device)
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model.config.use_cache = False
+    torch.manual_seed(recipe.train.seed)  # LoRA A init
+    config = peft.LoraConfig(r=recipe.lora.rank, lora_alpha=recipe.lora.alpha,
+                             lora_dropout=recipe.lora.dropout, task_type="CAUSAL_LM",
+                             target_modules=lora_targets(recipe, model, card_targets))
+    model = peft.get_peft_model(model, config)
+    return Policy(model, tokenizer, "peft", device, quantized)
+
+
+def _load_unsloth(recipe: Recipe, path: Path, card_targets) -> Policy:
+    unsloth = require("unsloth", "gpu")
+    model, tokenizer = unsloth.FastLanguageModel.from_pretrained(
+        model_name=str(path), max_seq_length=recipe.train.max_length,
+        load_in_4bit=recipe.quantize == "nf4", dtype=None)
+    model = unsloth.FastLanguageModel.get_peft_model(
+        model, r=recipe.lora.rank, lora_alpha=recipe.lora.alpha,
+        lora_dropout=recipe.lora.dropout,
+        target_modules=list(recipe.lora.targets or card_targets or COMMON_TARGETS),
+        use_gradient_checkpointing="unsloth" if recipe.train.gradient_checkpointing else False,
+        random_state=recipe.train.seed)
+    return Policy(model, tokenizer, "unsloth", torch.device("cuda"), recipe.quantize == "nf4")
+
+
+def load_policy(recipe: Recipe, path: Path, card_targets: tuple[str, ...] = (),
+                device: torch.device | None = None) -> Policy:
+    path = Path(path)
+    _check_model_dir(path)
+    backend = resolve_backend(recipe)
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    log.info("loading %s with %s (%s, quantize=%s)", path, backend, device, recipe.quantize)
+    if backend == "unsloth":
+        policy = _load_unsloth(recipe, path, card_targets)
+    else:
+        policy = _load_peft(recipe, path, device, card_targets)
+    policy.source = path
+    return policy
+
+
+def adapter_state(model) -> dict[str, torch.Tensor]:
+    """The trainable (LoRA) weights, detached copies on the CPU."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_adapter_state(model, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise InputError(f"checkpoint does not match the model: {missing[:3]} ...")
+    with torch.no_grad():
+        for n, t in state.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))

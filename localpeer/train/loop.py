@@ -1,0 +1,386 @@
+"""The one training loop: QLoRA policy, Lag-DPO loss, eval, checkpoints, metrics.jsonl.
+
+It reads top to bottom: load, tokenize, reference log-probs, then for every optimizer step
+draw a stratified global batch, accumulate the weighted Lag-DPO loss over its micro-batches,
+clip, step, move the duals, log; eval and checkpoint are plain `if` blocks on intervals.
+Under `torchrun` (WORLD_SIZE > 1) each rank takes its share of every global batch and the
+per-dimension sums are all-reduced, so the duals stay identical on every rank.
+
+    from localpeer.train.loop import train
+    summary = train(load_recipe("recipes/smollm2-135m-cpu.yaml"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from localpeer.config import Recipe, recipe_dict
+from localpeer.data.personaknob import read_records, record_pairs
+from localpeer.errors import InputError, WorkFailed
+from localpeer.formats import append_jsonl, atomic_write_text
+from localpeer.train import lagdpo
+from localpeer.train.backends import Policy, adapter_state, load_adapter_state
+from localpeer.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from localpeer.train.logps import TokenizedPair, collate, sequence_logps, tokenize_pairs
+from localpeer.train.reference import compute_reference, reference_logps
+from localpeer.train.sampler import StratifiedSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when run alone).
+
+    Gradients are summed over ranks by hand rather than by a DDP wrapper: each rank's loss is
+    already its exact share of the global objective, so the sum is the whole gradient."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch.distributed.init_process_group(backend)
+        return cls(int(os.environ.get("RANK", "0")), world)
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+
+@dataclass
+class RunData:
+    dims: tuple[str, ...]
+    train: list[TokenizedPair]
+    test: list[TokenizedPair]
+    truncated: dict = field(default_factory=dict)
+
+
+def load_pairs(recipe: Recipe, tokenizer) -> RunData:
+    """Tokenized train and held-out pairs of the recipe's dimensions; each needs train pairs."""
+    dims = tuple(recipe.data.dims)
+    splits = {}
+    truncated = {}
+    for split, path in (("train", recipe.data.train), ("test", recipe.data.test)):
+        pairs = [p for r in read_records(path) for p in record_pairs(r) if p.dim in dims]
+        splits[split], cut = tokenize_pairs(tokenizer, pairs, dims, recipe.train.max_length,
+                                            recipe.train.max_prompt_length)
+        truncated[split] = {"prompts": cut.prompts, "responses": cut.responses}
+    counts = {d: sum(p.dim == k for p in splits["train"]) for k, d in enumerate(dims)}
+    empty = [d for d, n in counts.items() if n == 0]
+    if empty:
+        raise InputError(f"no training pairs for dimension(s) {', '.join(empty)} in "
+                         f"{recipe.data.train}; drop them from data.dims or add records whose "
+                         "mask has them")
+    return RunData(dims, splits["train"], splits["test"], truncated)
+
+
+def lr_lambda(recipe: Recipe) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    warm, total = recipe.train.warmup_steps, max(recipe.train.steps, 1)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min((step - warm) / max(total - warm, 1), 1.0)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def make_optimizer(recipe: Recipe, policy: Policy):
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    choice = recipe.train.optimizer
+    if choice == "auto":
+        choice = "paged_adamw_8bit" if policy.device.type == "cuda" else "adamw"
+    if choice == "paged_adamw_8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.PagedAdamW8bit(params, lr=recipe.train.lr,
+                                        weight_decay=recipe.train.weight_decay)
+    return torch.optim.AdamW(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
+
+
+def evaluate(policy: Policy, pairs: list[TokenizedPair], ref: torch.Tensor, dims, recipe,
+             pad_id: int) -> dict:
+    """Per-dimension held-out loss, reward margin and pair accuracy (h > 0)."""
+    if recipe.train.eval_pairs:
+        pairs, ref = pairs[: recipe.train.eval_pairs], ref[: recipe.train.eval_pairs]
+    losses, margins, dim_idx = [], [], []
+    policy.model.eval()
+    with torch.no_grad():
+        for start in range(0, len(pairs), recipe.train.batch_size):
+            chunk = pairs[start:start + recipe.train.batch_size]
+            pc, pr = sequence_logps(policy.model, collate(chunk, pad_id))
+            r = ref[start:start + len(chunk)].to(pc.device)
+            h = lagdpo.dpo_margins(pc, pr, r[:, 0], r[:, 1], recipe.dpo.beta)
+            losses.append(lagdpo.LOSSES[recipe.dpo.loss](h, recipe.dpo.beta).cpu())
+            margins.append(h.cpu())
+            dim_idx.append(torch.tensor([p.dim for p in chunk]))
+    policy.model.train()
+    if not losses:
+        return {}
+    stats = lagdpo.pair_stats(torch.cat(losses), torch.cat(margins), torch.cat(dim_idx),
+                              len(dims))
+    return {d: {"loss": float(stats.loss[k]), "margin": float(stats.margin[k]),
+                "accuracy": float(stats.accuracy[k]), "pairs": int(stats.pairs[k])}
+            for k, d in enumerate(dims) if stats.pairs[k] > 0}
+
+
+def _metrics_line(step, loss, lr, tokens_per_s, dims, stats, state, weights) -> dict:
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
+            else _rss_mb())
+    return {
+        "step": step, "loss": float(loss), "lr": lr, "tokens_per_s": tokens_per_s,
+        "peak_mem_mb": round(peak, 1),
+        "dims": {d: {"loss": float(stats.loss[k]), "loss_ema": float(state.loss_ema[k]),
+                     "margin": float(stats.margin[k]), "accuracy": float(stats.accuracy[k]),
+                     "weight": float(weights[k]), "pairs": int(stats.pairs[k])}
+                 for k, d in enumerate(dims)},
+        "lambdas": {f"{a}>{b}": float(state.lambdas[i, j]) for i, a in enumerate(dims)
+                    for j, b in enumerate(dims) if i != j},
+    }
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _save(run: Path, step, policy, optimizer, scheduler, sampler, duals, last_metrics):
+    tensors = {"lambdas": duals.lambdas, "loss_ema": duals.loss_ema,
+               "seen": duals.seen.to(torch.uint8), "torch_rng": torch.get_rng_state()}
+    path = save_checkpoint(run / "checkpoints", step, adapter_state(policy.model), optimizer,
+                           scheduler, {"sampler": sampler.state(), "last_metrics": last_metrics},
+                           tensors)
+    prune_checkpoints(run / "checkpoints")
+    return path
+
+
+def _restore(path: Path, policy, optimizer, scheduler, sampler):
+    state, adapter, opt_state, tensors = load_checkpoint(path)
+    load_adapter_state(policy.model, adapter)
+    optimizer.load_state_dict(opt_state)
+    scheduler.load_state_dict(state["scheduler"])
+    sampler.load_state(state["sampler"])
+    torch.set_rng_state(tensors["torch_rng"])
+    duals = lagdpo.DualState(tensors["lambdas"], tensors["loss_ema"], tensors["seen"].bool())
+    return state["step"], duals
+
+
+def save_adapter(policy: Policy, run: Path) -> None:
+    """The final adapter as a standard PEFT folder, swapped into place atomically."""
+    import shutil
+
+    tmp = run / ".adapter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.model.save_pretrained(str(tmp), safe_serialization=True)
+    final = run / "adapter"
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def prepare_run(recipe: Recipe, resume: bool) -> Path:
+    run = Path(recipe.out_dir)
+    has_run = (run / "metrics.jsonl").exists() or latest_checkpoint(run / "checkpoints")
+    if has_run and not resume:
+        raise InputError("this run folder already has a run; pass --resume to continue it, or "
+                         "set out_dir=runs/<new name>", run)
+    if resume and not latest_checkpoint(run / "checkpoints"):
+        raise InputError("--resume: no checkpoint in this run folder to resume from", run)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run / "recipe.yaml", _yaml(recipe_dict(recipe)))
+    return run
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _first_eval(run: Path) -> dict | None:
+    """The step-0 held-out eval of this run, from metrics.jsonl (for a resumed summary)."""
+    path = run / "metrics.jsonl"
+    if path.exists():
+        for ln in path.read_text().splitlines():
+            line = json.loads(ln)
+            if line.get("split") == "eval" and line["step"] == 0:
+                return line["dims"]
+    return None
+
+
+def _truncate_metrics(run: Path, step: int) -> None:
+    """On resume, drop metric lines past the checkpoint so the file reads as one clean run."""
+    path = run / "metrics.jsonl"
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines()
+                if ln.strip() and json.loads(ln)["step"] <= step]
+        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+
+
+def train(recipe: Recipe, policy: Policy, resume: bool = False,
+          on_step: Callable[[dict], None] | None = None,
+          on_eval: Callable[[dict], None] | None = None) -> dict:
+    """Train `policy` by the recipe; returns the summary also written to summary.json."""
+    dist = Dist.from_env()
+    run = prepare_run(recipe, resume) if dist.rank == 0 else Path(recipe.out_dir)
+    tok = policy.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    data = load_pairs(recipe, tok)
+    dims, K = data.dims, len(data.dims)
+    cached = recipe.train.cache_reference
+    ref_train = reference_logps(policy, data.train, recipe, pad_id, "train") if cached else None
+    ref_test = reference_logps(policy, data.test, recipe, pad_id, "test")
+    global_batch = recipe.train.batch_size * recipe.train.grad_accum * dist.world
+    sampler = StratifiedSampler([p.dim for p in data.train], K, global_batch, recipe.train.seed)
+    optimizer = make_optimizer(recipe, policy)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe))
+    lag_cfg = lagdpo.LagrangianConfig(**vars(recipe.lagrangian))
+    duals = lagdpo.DualState.initial(K)
+    loss_fn = lagdpo.LOSSES[recipe.dpo.loss]
+    start, last = 0, {}
+    if resume:
+        start, duals = _restore(latest_checkpoint(run / "checkpoints"), policy, optimizer,
+                                scheduler, sampler)
+        if dist.rank == 0:
+            _truncate_metrics(run, start)
+        log.info("resumed from step %d", start)
+    eval_before = _first_eval(run) if resume else None
+    if eval_before is None:
+        eval_before = evaluate(policy, data.test, ref_test, dims, recipe, pad_id)
+        if dist.rank == 0:
+            append_jsonl(run / "metrics.jsonl", {"step": 0, "split": "eval", "dims": eval_before})
+        if on_eval:
+            on_eval({"step": 0, "split": "eval", "dims": eval_before})
+    policy.model.train()
+    step = start
+    try:
+        for step in range(start + 1, recipe.train.steps + 1):
+            t0 = time.perf_counter()
+            batch = sampler.next_batch()
+            step_counts = torch.bincount(torch.tensor([data.train[i].dim for i in batch]),
+                                         minlength=K)
+            weights = lagdpo.lagrangian_weights(duals.lambdas, lag_cfg.clip_weights)
+            mine = batch[dist.rank::dist.world]
+            micro = max(len(mine) // recipe.train.grad_accum, 1)
+            loss_sum = torch.zeros(K, dtype=torch.float64)
+            margin_sum, right_sum = torch.zeros_like(loss_sum), torch.zeros_like(loss_sum)
+            tokens, total = 0, 0.0
+            for m in range(0, len(mine), micro):
+                ids = mine[m:m + micro]
+                chunk = [data.train[i] for i in ids]
+                tensors = collate(chunk, pad_id)
+                if ref_train is None:  # reference forward with the adapter off, per batch
+                    ref = compute_reference(policy, chunk, len(chunk), pad_id)
+                pc, pr = sequence_logps(policy.model, tensors)
+                ref = (ref_train[ids] if ref_train is not None else ref).to(pc.device)
+                h = lagdpo.dpo_margins(pc, pr, ref[:, 0], ref[:, 1], recipe.dpo.beta)
+                losses = loss_fn(h, recipe.dpo.beta)
+                dim_idx = torch.tensor([p.dim for p in chunk], device=h.device)
+                loss = lagdpo.weighted_loss(losses, dim_idx, step_counts.to(h.device),
+                                            weights.to(h.device))
+                loss.backward()
+                total += float(loss)
+                tokens += int(tensors["attention_mask"].sum())
+                for acc, values in ((loss_sum, losses), (margin_sum, h),
+                                    (right_sum, (h > 0).float())):
+                    acc += lagdpo.per_dimension_sums(values.detach().double().cpu(),
+                                                     dim_idx.cpu(), K)[0]
+            for acc in (loss_sum, margin_sum, right_sum):
+                dist.all_sum(acc)
+            # each rank's loss is its share of sum_k w_k L_k (global N_k), so the exact
+            # gradient is the sum over ranks
+            for p in policy.model.parameters():
+                if p.grad is not None:
+                    dist.all_sum(p.grad)
+            total = float(dist.all_sum(torch.tensor([total], dtype=torch.float64))[0])
+            if not math.isfinite(total):
+                raise WorkFailed(
+                    f"the loss became {total} at step {step}; nothing from this step was kept. "
+                    f"The last good checkpoint is {latest_checkpoint(run / 'checkpoints')}. "
+                    "Lower train.lr or dpo.beta, then resume with --resume")
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in policy.model.parameters() if p.requires_grad],
+                recipe.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            counts = step_counts.double().clamp(min=1)
+            stats = lagdpo.PairStats(loss_sum / counts, margin_sum / counts, right_sum / counts,
+                                     step_counts)
+            duals = lagdpo.dual_step(duals, stats.loss.float(), step_counts > 0, lag_cfg)
+            seconds = time.perf_counter() - t0
+            last = _metrics_line(step, total, scheduler.get_last_lr()[0],
+                                 round(tokens * dist.world / seconds, 1), dims, stats, duals,
+                                 weights)
+            if dist.rank == 0:
+                append_jsonl(run / "metrics.jsonl", last)
+                if on_step:
+                    on_step(last)
+            if recipe.train.eval_every and step % recipe.train.eval_every == 0 \
+                    and step != recipe.train.steps and dist.rank == 0:
+                line = {"step": step, "split": "eval",
+                        "dims": evaluate(policy, data.test, ref_test, dims, recipe, pad_id)}
+                append_jsonl(run / "metrics.jsonl", line)
+                if on_eval:
+                    on_eval(line)
+            if recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0 \
+                    and dist.rank == 0:
+                _save(run, step, policy, optimizer, scheduler, sampler, duals, last)
+    except KeyboardInterrupt:
+        done = step - 1  # the step in flight did not finish
+        if dist.rank == 0 and done > start:
+            _save(run, done, policy, optimizer, scheduler, sampler, duals, last)
+        raise WorkFailed(f"interrupted; checkpoint at step {done} in {run / 'checkpoints'}; "
+                         "continue with --resume") from None
+    eval_after = evaluate(policy, data.test, ref_test, dims, recipe, pad_id)
+    summary = {}
+    if dist.rank == 0:
+        line = {"step": recipe.train.steps, "split": "eval", "dims": eval_after}
+        append_jsonl(run / "metrics.jsonl", line)
+        if on_eval:
+            on_eval(line)
+        _save(run, recipe.train.steps, policy, optimizer, scheduler, sampler, duals, last)
+        save_adapter(policy, run)
+        summary = _summary(recipe, data, eval_before, eval_after, duals, dims)
+        atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _mean_accuracy(ev: dict) -> float | None:
+    values = [v["accuracy"] for v in ev.values()]
+    return sum(values) / len(values) if values else None
+
+
+def _summary(recipe, data: RunData, before: dict, after: dict, duals, dims) -> dict:
+    return {
+        "steps": recipe.train.steps, "dims": list(dims),
+        "pairs": {"train": len(data.train), "test": len(data.test)},
+        "truncated": data.truncated,
+        "eval_before": before, "eval_after": after,
+        "mean_accuracy_before": _mean_accuracy(before),
+        "mean_accuracy_after": _mean_accuracy(after),
+        "lambdas": {f"{a}>{b}": float(duals.lambdas[i, j]) for i, a in enumerate(dims)
+                    for j, b in enumerate(dims) if i != j},
+        "loss_ema": {d: float(duals.loss_ema[k]) for k, d in enumerate(dims)},
+    }

@@ -1,0 +1,86 @@
+"""Reference log-probs: the same model with the LoRA adapter disabled, computed once.
+
+With `train.cache_reference` they are stored in runs/.reference-cache/<key>.safetensors, the
+key hashing the tokenized pairs (so data, tokenizer and truncation) and the base weights, the
+quantization and the dtype; a later run with the same key skips the reference forward passes.
+
+    from localpeer.train.reference import reference_logps
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from localpeer.train.logps import TokenizedPair, collate, sequence_logps
+
+log = logging.getLogger(__name__)
+CACHE = Path("runs") / ".reference-cache"
+
+
+def base_fingerprint(folder: Path) -> str:
+    """sha256 over the base model's config and weights, memoised by file size and mtime."""
+    folder = Path(folder)
+    memo_path = folder / ".localpeer-hash.json"
+    files = sorted([folder / "config.json", *folder.glob("*.safetensors")])
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    if memo_path.exists():
+        memo = json.loads(memo_path.read_text())
+        if memo.get("stamp") == stamp:
+            return memo["sha256"]
+    digest = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    try:
+        memo_path.write_text(json.dumps({"stamp": stamp, "sha256": digest.hexdigest()}))
+    except OSError:
+        pass  # a read-only model folder: hash again next time
+    return digest.hexdigest()
+
+
+def cache_key(policy, pairs: list[TokenizedPair], recipe) -> str:
+    digest = hashlib.sha256()
+    for p in pairs:
+        digest.update(json.dumps([p.prompt, p.chosen, p.rejected]).encode())
+    base = base_fingerprint(policy.source) if policy.source else "unknown"
+    digest.update(f"{base}|{recipe.quantize}|{recipe.dtype}|{policy.backend}".encode())
+    return digest.hexdigest()[:24]
+
+
+def compute_reference(policy, pairs: list[TokenizedPair], batch_size: int,
+                      pad_id: int) -> torch.Tensor:
+    """(N, 2) reference log-probs of (chosen, rejected), adapter disabled, no gradients.
+
+    With train.cache_reference off, the loop calls this on each micro-batch instead."""
+    out = []
+    was_training = policy.model.training
+    policy.model.eval()
+    with torch.no_grad(), policy.model.disable_adapter():
+        for start in range(0, len(pairs), batch_size):
+            pc, pr = sequence_logps(policy.model, collate(pairs[start:start + batch_size],
+                                                          pad_id))
+            out.append(torch.stack([pc, pr], dim=1).float().cpu())
+    policy.model.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
+def reference_logps(policy, pairs: list[TokenizedPair], recipe, pad_id: int,
+                    split: str) -> torch.Tensor:
+    """All pairs' reference log-probs, from the disk cache when the key matches."""
+    path = CACHE / f"{cache_key(policy, pairs, recipe)}.safetensors"
+    if path.exists():
+        log.info("reference log-probs (%s) from the cache %s", split, path)
+        return load_file(str(path))["logps"]
+    logps = compute_reference(policy, pairs, recipe.train.batch_size, pad_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"logps": logps.contiguous()}, str(tmp))
+    tmp.replace(path)
+    return logps
