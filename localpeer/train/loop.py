@@ -120,10 +120,12 @@ def make_optimizer(recipe: Recipe, policy: Policy):
 
 def evaluate(policy: Policy, pairs: list[TokenizedPair], ref: torch.Tensor, dims, recipe,
              pad_id: int) -> dict:
-    """Per-dimension held-out loss, reward margin and pair accuracy (h > 0)."""
+    """Per dimension on held-out pairs: DPO loss, reward margin, reward accuracy (h > 0), and
+    selection accuracy (METHOD.md §4: the golden has the higher length-normalised log-prob),
+    which, unlike reward accuracy, is meaningful before training too."""
     if recipe.train.eval_pairs:
         pairs, ref = pairs[: recipe.train.eval_pairs], ref[: recipe.train.eval_pairs]
-    losses, margins, dim_idx = [], [], []
+    losses, margins, dim_idx, selected = [], [], [], []
     policy.model.eval()
     with torch.no_grad():
         for start in range(0, len(pairs), recipe.train.batch_size):
@@ -134,13 +136,19 @@ def evaluate(policy: Policy, pairs: list[TokenizedPair], ref: torch.Tensor, dims
             losses.append(lagdpo.LOSSES[recipe.dpo.loss](h, recipe.dpo.beta).cpu())
             margins.append(h.cpu())
             dim_idx.append(torch.tensor([p.dim for p in chunk]))
+            n_c = torch.tensor([len(p.chosen) for p in chunk], dtype=torch.float32)
+            n_r = torch.tensor([len(p.rejected) for p in chunk], dtype=torch.float32)
+            selected.append((pc.cpu() / n_c > pr.cpu() / n_r).float())
     policy.model.train()
     if not losses:
         return {}
-    stats = lagdpo.pair_stats(torch.cat(losses), torch.cat(margins), torch.cat(dim_idx),
-                              len(dims))
+    dim_all = torch.cat(dim_idx)
+    stats = lagdpo.pair_stats(torch.cat(losses), torch.cat(margins), dim_all, len(dims))
+    chosen_right, counts = lagdpo.per_dimension_sums(torch.cat(selected), dim_all, len(dims))
     return {d: {"loss": float(stats.loss[k]), "margin": float(stats.margin[k]),
-                "accuracy": float(stats.accuracy[k]), "pairs": int(stats.pairs[k])}
+                "accuracy": float(stats.accuracy[k]),
+                "selection_accuracy": float(chosen_right[k] / counts[k]),
+                "pairs": int(stats.pairs[k])}
             for k, d in enumerate(dims) if stats.pairs[k] > 0}
 
 
@@ -300,7 +308,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
                 loss = lagdpo.weighted_loss(losses, dim_idx, step_counts.to(h.device),
                                             weights.to(h.device))
                 loss.backward()
-                total += float(loss)
+                total += float(loss.detach())
                 tokens += int(tensors["attention_mask"].sum())
                 for acc, values in ((loss_sum, losses), (margin_sum, h),
                                     (right_sum, (h > 0).float())):
@@ -367,8 +375,8 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
     return summary
 
 
-def _mean_accuracy(ev: dict) -> float | None:
-    values = [v["accuracy"] for v in ev.values()]
+def _mean(ev: dict, key: str) -> float | None:
+    values = [v[key] for v in ev.values()]
     return sum(values) / len(values) if values else None
 
 
@@ -378,8 +386,10 @@ def _summary(recipe, data: RunData, before: dict, after: dict, duals, dims) -> d
         "pairs": {"train": len(data.train), "test": len(data.test)},
         "truncated": data.truncated,
         "eval_before": before, "eval_after": after,
-        "mean_accuracy_before": _mean_accuracy(before),
-        "mean_accuracy_after": _mean_accuracy(after),
+        # selection accuracy: golden preferred by length-normalised log-prob (METHOD.md §4)
+        "mean_accuracy_before": _mean(before, "selection_accuracy"),
+        "mean_accuracy_after": _mean(after, "selection_accuracy"),
+        "mean_reward_accuracy_after": _mean(after, "accuracy"),
         "lambdas": {f"{a}>{b}": float(duals.lambdas[i, j]) for i, a in enumerate(dims)
                     for j, b in enumerate(dims) if i != j},
         "loss_ema": {d: float(duals.loss_ema[k]) for k, d in enumerate(dims)},

@@ -1,0 +1,107 @@
+"""Rich renderables for `localpeer train`: the live view, the dry-run estimate, the summary."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from rich import box
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float]) -> str:
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    return "".join(SPARK[min(int((v - lo) / span * (len(SPARK) - 1)), len(SPARK) - 1)]
+                   for v in values)
+
+
+def _dims_table(line: dict, last_eval: dict | None) -> Table:
+    table = Table("dim", "loss", "EMA", "acc", "weight", "margin", "held-out sel. acc",
+                  box=box.SIMPLE_HEAD, title=f"step {line['step']}  loss {line['loss']:.4f}  "
+                  f"lr {line['lr']:.2e}  {line['tokens_per_s']:.0f} tok/s")
+    for d, s in line["dims"].items():
+        held = (last_eval or {}).get(d, {}).get("selection_accuracy")
+        table.add_row(d, f"{s['loss']:.4f}", f"{s['loss_ema']:.4f}", f"{s['accuracy']:.2f}",
+                      f"{s['weight']:.3f}", f"{s['margin']:+.3f}",
+                      "—" if held is None else f"{held:.2f}")
+    active = {k: v for k, v in line["lambdas"].items() if v > 0}
+    table.caption = ("λ: " + ", ".join(f"{k} {v:.3f}" for k, v in active.items())
+                     if active else "λ: all 0 (no constraint active)")
+    return table
+
+
+@contextmanager
+def train_live(console: Console, steps: int) -> Iterator[tuple]:
+    """Yields (on_step, on_eval) callbacks that keep a live progress bar and table."""
+    progress = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(), console=console)
+    task = progress.add_task("steps", total=steps)
+    state: dict = {"eval": None, "line": None}
+
+    def view():
+        parts = [progress]
+        if state["line"]:
+            parts.append(_dims_table(state["line"], state["eval"]))
+        return Group(*parts)
+
+    with Live(view(), console=console, refresh_per_second=4, transient=False) as live:
+        def on_step(line: dict) -> None:
+            state["line"] = line
+            progress.update(task, completed=line["step"])
+            live.update(view())
+
+        def on_eval(line: dict) -> None:
+            state["eval"] = line["dims"]
+            live.update(view())
+
+        yield on_step, on_eval
+
+
+def render_memory_estimate(recipe_yaml: str, est, total_gb: float | None,
+                           console: Console) -> None:
+    console.print(Text("resolved recipe", style="bold"))
+    console.print(Text(recipe_yaml))
+    table = Table("part", "GB", box=box.SIMPLE_HEAD, title="VRAM estimate")
+    for name, value in (("base weights", est.weights_gb),
+                        (f"LoRA weights + grads ({est.lora_params:,} params)", est.lora_gb),
+                        ("optimizer", est.optimizer_gb), ("activations", est.activations_gb),
+                        ("logits", est.logits_gb), ("CUDA context", est.overhead_gb)):
+        table.add_row(name, f"{value:.2f}")
+    table.add_row(Text("total", style="bold"), Text(f"{est.total_gb:.2f}", style="bold"))
+    console.print(table)
+    console.print("detected GPU: " + (f"{total_gb:.1f} GB" if total_gb else
+                                      "none (this is the estimate for a CUDA run)"))
+
+
+def render_train_summary(run: Path, summary: dict, console: Console) -> None:
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [ln for ln in lines if ln.get("split") != "eval"]
+    evals = [ln for ln in lines if ln.get("split") == "eval"]
+    console.print()
+    table = Table("dim", "held-out selection acc before", "after", "train reward acc",
+                  "λ (as i, over steps)",
+                  box=box.SIMPLE_HEAD, title=f"run {run}")
+    for d in summary.get("dims", []):
+        before = summary["eval_before"].get(d, {}).get("selection_accuracy")
+        after = summary["eval_after"].get(d, {}).get("selection_accuracy")
+        lam = [sum(v for k, v in ln["lambdas"].items() if k.startswith(f"{d}>")) for ln in steps]
+        table.add_row(d, "—" if before is None else f"{before:.2f}",
+                      "—" if after is None else f"{after:.2f}",
+                      sparkline([ln["dims"][d]["accuracy"] for ln in steps]), sparkline(lam))
+    console.print(table)
+    if evals:
+        console.print("mean held-out selection accuracy: "
+                      f"{summary['mean_accuracy_before']:.3f} -> "
+                      f"{summary['mean_accuracy_after']:.3f}")
+    console.print(f"adapter: {run / 'adapter'}   metrics: {run / 'metrics.jsonl'}")

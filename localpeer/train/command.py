@@ -1,0 +1,81 @@
+"""`localpeer train RECIPE.yaml [key=value ...] [--resume] [--dry-run]`.
+
+    localpeer train recipes/smollm2-135m-cpu.yaml train.steps=20
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from localpeer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def model_source(recipe, models_dir: Path = Path("models")):
+    """(model folder, LoRA targets from the model card or ())."""
+    from localpeer.config import load_card
+
+    card_path = models_dir / f"{recipe.model}.yaml"
+    targets = load_card(card_path).lora_targets if card_path.is_file() else ()
+    path = Path(recipe.model)
+    if path.is_dir():
+        return path, targets
+    pulled = models_dir / "hf" / recipe.model
+    if pulled.is_dir():
+        return pulled, targets
+    if card_path.is_file():
+        raise InputError(f"model {recipe.model!r} is not pulled yet; run `localpeer pull "
+                         f"{recipe.model}` (once, with the hub reachable, or offline for the "
+                         "embedded default)")
+    raise InputError(f"model {recipe.model!r} is neither a model card in {models_dir}/ nor a "
+                     "folder; set model to a card name (e.g. smollm2-135m-instruct) or an HF "
+                     "folder path")
+
+
+def dry_run(recipe, path: Path, targets, console) -> int:
+    import torch
+    import yaml
+
+    from localpeer.config import recipe_dict
+    from localpeer.report import render_memory_estimate
+    from localpeer.train.memory import ModelShape, estimate, suggestions
+
+    cuda = torch.cuda.is_available()
+    shape = ModelShape.from_config(path)
+    est = estimate(recipe, shape, targets or tuple(shape.linear_shapes()), cuda=True)
+    total_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3 if cuda else None
+    render_memory_estimate(yaml.safe_dump(recipe_dict(recipe), sort_keys=False), est,
+                           total_gb, console)
+    if total_gb is not None and est.total_gb > 0.95 * total_gb:
+        raise InputError(f"this recipe needs about {est.total_gb:.1f} GB but the GPU has "
+                         f"{total_gb:.1f} GB; try: " + "; ".join(suggestions(recipe)))
+    return 0
+
+
+def run_train(args) -> int:
+    from rich.console import Console
+
+    from localpeer.config import load_recipe
+    from localpeer.train.backends import resolve_backend
+
+    # transformers imports bitsandbytes, whose CPU backend warns about optional kernels
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    recipe = load_recipe(args.recipe, args.overrides)
+    if resolve_backend(recipe) == "unsloth":
+        import unsloth  # noqa: F401  (first: it patches transformers on import)
+    console = Console()
+    path, targets = model_source(recipe)
+    if args.dry_run:
+        return dry_run(recipe, path, targets, console)
+    from localpeer.report import render_train_summary, train_live
+    from localpeer.train.backends import load_policy
+    from localpeer.train.loop import train
+
+    with console.status(f"loading {path}"):
+        policy = load_policy(recipe, path, targets)
+    with train_live(console, recipe.train.steps) as (on_step, on_eval):
+        summary = train(recipe, policy, resume=args.resume, on_step=on_step, on_eval=on_eval)
+    render_train_summary(Path(recipe.out_dir), summary, console)
+    return 0
