@@ -92,13 +92,15 @@ def resolve_model(name_or_path: str | Path, models_dir: str | Path = "models") -
 
 # ---- writing a folder atomically ------------------------------------------------------------
 
-def _fsync_tree(folder: Path) -> None:
+def _seal_tree(folder: Path) -> None:
     """Flush every file, so a crash after the rename cannot leave truncated weights behind a
-    folder that looks pulled."""
+    folder that looks pulled; make them readable (safetensors and mkdtemp write 0600/0700)."""
     for path in sorted(folder.rglob("*")):
         if path.is_file() and not path.is_symlink():
             with path.open("rb") as f:
                 os.fsync(f.fileno())
+            path.chmod(0o644)
+    folder.chmod(0o755)
 
 
 def _move_into_place(src: Path, dst: Path) -> None:
@@ -129,8 +131,7 @@ def _build_folder(folder: Path, fill: Callable[[Path], None], work: Path | None 
         work.mkdir(parents=True, exist_ok=True)
     try:
         fill(work)
-        _fsync_tree(work)
-        os.chmod(work, 0o755)  # mkdtemp makes it 0700
+        _seal_tree(work)
         _move_into_place(work, folder)
     except BaseException:
         if keep and any(work.iterdir()):
@@ -254,6 +255,7 @@ def _hub_error(err: Exception, card: ModelCard, revision: str, folder: Path) -> 
     """The hub's exception -> one that says what to do (or `err` itself when unknown)."""
     from huggingface_hub.errors import (
         GatedRepoError,
+        HfHubHTTPError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
@@ -271,6 +273,8 @@ def _hub_error(err: Exception, card: ModelCard, revision: str, folder: Path) -> 
                           f"tag that exists with --revision")
     if _is_network_error(err):
         return _unreachable(card, folder, type(err).__name__)
+    if isinstance(err, HfHubHTTPError):
+        return WorkFailed(f"the hub refused {card.hub_id} at {revision}: {err}")
     return err
 
 

@@ -84,6 +84,8 @@ def load_pairs(recipe: Recipe, tokenizer) -> RunData:
         splits[split], cut = tokenize_pairs(tokenizer, pairs, dims, recipe.train.max_length,
                                             recipe.train.max_prompt_length)
         truncated[split] = {"prompts": cut.prompts, "responses": cut.responses}
+    if recipe.train.eval_pairs:
+        splits["test"] = stratified_subset(splits["test"], len(dims), recipe.train.eval_pairs)
     counts = {d: sum(p.dim == k for p in splits["train"]) for k, d in enumerate(dims)}
     empty = [d for d, n in counts.items() if n == 0]
     if empty:
@@ -91,6 +93,17 @@ def load_pairs(recipe: Recipe, tokenizer) -> RunData:
                          f"{recipe.data.train}; drop them from data.dims or add records whose "
                          "mask has them")
     return RunData(dims, splits["train"], splits["test"], truncated)
+
+
+def stratified_subset(pairs: list[TokenizedPair], n_dims: int, limit: int) -> list:
+    """At most `limit` pairs, as even across dimensions as the data allows, in file order."""
+    by_dim = [[p for p in pairs if p.dim == k] for k in range(n_dims)]
+    out, k = [], 0
+    while len(out) < min(limit, len(pairs)):
+        if by_dim[k % n_dims]:
+            out.append(by_dim[k % n_dims].pop(0))
+        k += 1
+    return out
 
 
 def lr_lambda(recipe: Recipe) -> Callable[[int], float]:
@@ -123,8 +136,6 @@ def evaluate(policy: Policy, pairs: list[TokenizedPair], ref: torch.Tensor, dims
     """Per dimension on held-out pairs: DPO loss, reward margin, reward accuracy (h > 0), and
     selection accuracy (METHOD.md §4: the golden has the higher length-normalised log-prob),
     which, unlike reward accuracy, is meaningful before training too."""
-    if recipe.train.eval_pairs:
-        pairs, ref = pairs[: recipe.train.eval_pairs], ref[: recipe.train.eval_pairs]
     losses, margins, dim_idx, selected = [], [], [], []
     policy.model.eval()
     with torch.no_grad():
@@ -226,6 +237,36 @@ def _yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+class _StopFlag:
+    """Ctrl-C (SIGINT) asks the loop to finish the step in flight, checkpoint and stop; a
+    second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (Ctrl-C again to abort at once)")
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
 def _first_eval(run: Path) -> dict | None:
     """The step-0 held-out eval of this run, from metrics.jsonl (for a resumed summary)."""
     path = run / "metrics.jsonl"
@@ -281,9 +322,15 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
         if on_eval:
             on_eval({"step": 0, "split": "eval", "dims": eval_before})
     policy.model.train()
-    step = start
-    try:
+    stop = _StopFlag()
+    with stop:
         for step in range(start + 1, recipe.train.steps + 1):
+            if stop.requested:
+                done = step - 1
+                if dist.rank == 0 and done > start:
+                    _save(run, done, policy, optimizer, scheduler, sampler, duals, last)
+                raise WorkFailed(f"interrupted; checkpoint at step {done} in "
+                                 f"{run / 'checkpoints'}; continue with --resume")
             t0 = time.perf_counter()
             batch = sampler.next_batch()
             step_counts = torch.bincount(torch.tensor([data.train[i].dim for i in batch]),
@@ -355,12 +402,6 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
             if recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0 \
                     and dist.rank == 0:
                 _save(run, step, policy, optimizer, scheduler, sampler, duals, last)
-    except KeyboardInterrupt:
-        done = step - 1  # the step in flight did not finish
-        if dist.rank == 0 and done > start:
-            _save(run, done, policy, optimizer, scheduler, sampler, duals, last)
-        raise WorkFailed(f"interrupted; checkpoint at step {done} in {run / 'checkpoints'}; "
-                         "continue with --resume") from None
     eval_after = evaluate(policy, data.test, ref_test, dims, recipe, pad_id)
     summary = {}
     if dist.rank == 0:

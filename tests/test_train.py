@@ -1,0 +1,232 @@
+"""The training loop on a tiny random Llama, CPU: collapse, QLoRA, resume, bad input."""
+
+import json
+import os
+import random
+import signal
+
+import pytest
+import torch
+from tiny import CORPUS, make_tiny_model_dir
+
+from localpeer.cli import main
+from localpeer.config import load_recipe
+from localpeer.errors import InputError, WorkFailed
+from localpeer.train import lagdpo
+from localpeer.train.backends import load_policy
+from localpeer.train.loop import train
+
+WORDS = " ".join(CORPUS).lower().replace(",", "").replace(".", "").split()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def write_synthetic(path, per_dim=40, seed=0, dims="ATEC"):
+    """Dimension A is trivially separable (every token differs); T, E and C differ in one
+    final word, which a tiny LoRA learns slowly: the setting where plain multi-objective DPO
+    lets the easy dimension run away."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for k, d in enumerate(d for d in dims for _ in range(per_dim)):
+            prompt = " ".join(rng.choice(WORDS) for _ in range(8))
+            if d == "A":
+                golden, reject = " ".join(["yes"] * 12), " ".join(["no"] * 12)
+            else:
+                base = " ".join(rng.choice(WORDS) for _ in range(12))
+                golden, reject = base + " honey", base + " babies"
+            rec = {"id": f"s{k}", "mask": [d], "seed_scene": "s", "context": "c",
+                   "trigger": "t", "prompt": prompt, "golden": golden}
+            rec.update({f"reject_{x}": reject if x == d else None for x in "ATEC"})
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def recipe_for(tiny, tmp_path, *extra, steps=8):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    train_file = write_synthetic(tmp_path / "train.jsonl")
+    test_file = write_synthetic(tmp_path / "test.jsonl", per_dim=4, seed=1)
+    return load_recipe(None, [
+        f"model={tiny}", f"out_dir={tmp_path / 'run'}", f"train.steps={steps}",
+        "train.batch_size=8", "train.lr=1e-3", "train.warmup_steps=0", "train.eval_every=0",
+        "train.checkpoint_every=0", "train.max_length=64", "lora.rank=4",
+        f"data.train={train_file}", f"data.test={test_file}", *extra])
+
+
+def ema_spread(line):
+    emas = [v["loss_ema"] for v in line["dims"].values()]
+    return max(emas) - min(emas)
+
+
+def test_collapse_without_duals_and_balance_with_them(tiny, tmp_path):
+    """150 steps each. Plain multi-objective DPO (dual_lr=0) ends with the EMA loss spread
+    above the tolerance (observed about 0.63); the defaults end within tolerance + 0.05
+    (observed about 0.45), with lambda > 0 on the constraints of the lagging dimensions."""
+    ends = {}
+    for dual_lr in (0.0, 0.05):
+        lines = []
+        recipe = recipe_for(tiny, tmp_path / str(dual_lr), f"lagrangian.dual_lr={dual_lr}",
+                            "train.cache_reference=false", steps=150)
+        train(recipe, load_policy(recipe, tiny), on_step=lines.append)
+        ends[dual_lr] = lines[-1]
+    tolerance = 0.5
+    assert ema_spread(ends[0.0]) > tolerance
+    assert all(v == 0.0 for v in ends[0.0]["lambdas"].values())
+    assert ema_spread(ends[0.05]) <= tolerance + 0.05
+    lam = ends[0.05]["lambdas"]
+    assert lam["T>A"] > 0 and lam["E>A"] > 0 and lam["C>A"] > 0
+    assert lam["A>T"] == lam["A>E"] == lam["A>C"] == 0.0
+    # the leading dimension is held back: its weight is clipped towards 0
+    assert ends[0.05]["dims"]["A"]["weight"] < 0.25
+
+
+def test_metrics_lines_follow_the_contract(tiny, tmp_path):
+    recipe = recipe_for(tiny, tmp_path, steps=3)
+    summary = train(recipe, load_policy(recipe, tiny))
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [ln for ln in lines if ln.get("split") != "eval"]
+    assert [ln["step"] for ln in steps] == [1, 2, 3]
+    for key in ("step", "loss", "lr", "tokens_per_s", "peak_mem_mb", "dims", "lambdas"):
+        assert key in steps[0]
+    assert set(steps[0]["dims"]["A"]) == {"loss", "loss_ema", "margin", "accuracy", "weight",
+                                          "pairs"}
+    assert len(steps[0]["lambdas"]) == 12 and "A>T" in steps[0]["lambdas"]
+    # stratified: every dimension has pairs in every step
+    assert all(ln["dims"][d]["pairs"] >= 1 for ln in steps for d in "ATEC")
+    evals = [ln for ln in lines if ln.get("split") == "eval"]
+    assert [ln["step"] for ln in evals] == [0, 3]
+    run = tmp_path / "run"
+    assert (run / "adapter" / "adapter_config.json").exists()
+    assert (run / "adapter" / "adapter_model.safetensors").exists()
+    assert (run / "recipe.yaml").exists() and json.loads((run / "summary.json").read_text())
+    assert summary["mean_accuracy_before"] is not None
+
+
+def _lora_and_base(model):
+    lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    base = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    return lora, base
+
+
+def test_qlora_nf4_on_cpu_trains_lora_only_and_reloads(tiny, tmp_path):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    recipe = recipe_for(tiny, tmp_path, "quantize=nf4", steps=4)
+    policy = load_policy(recipe, tiny)
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in policy.model.modules())
+    lora0, base0 = _lora_and_base(policy.model)
+    train(recipe, policy)
+    lora1, base1 = _lora_and_base(policy.model)
+    assert any(not torch.equal(lora0[n], lora1[n]) for n in lora0)
+    assert all(torch.equal(base0[n], base1[n]) for n in base0)
+    ids = torch.tensor([[5, 17, 40, 3, 99, 7]])
+    policy.model.eval()
+    with torch.no_grad():
+        expected = policy.model(input_ids=ids).logits
+    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                           bnb_4bit_use_double_quant=True,
+                           bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny), quantization_config=q,
+                                                device_map={"": "cpu"}, dtype=torch.float32)
+    reloaded = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
+    with torch.no_grad():
+        got = reloaded(input_ids=ids).logits
+    # observed: bitsandbytes' CPU backend rewrites a 4-bit layer's double-quantisation state
+    # (nested_absmax) in place once the layer has been used, which moves the logits of a used
+    # model by ~1.6e-3 from a freshly loaded one with the same packed weights; the adapter
+    # itself reloads bit for bit (and exactly so in fp32, next test)
+    torch.testing.assert_close(got, expected, atol=5e-3, rtol=0)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_adapter_reloads_exactly_in_fp32(tiny, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    recipe = recipe_for(tiny, tmp_path, steps=3)
+    policy = load_policy(recipe, tiny)
+    train(recipe, policy)
+    ids = torch.tensor([[5, 17, 40, 3, 99, 7]])
+    policy.model.eval()
+    with torch.no_grad():
+        expected = policy.model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(str(tiny), dtype=torch.float32)
+        reloaded = PeftModel.from_pretrained(base, str(tmp_path / "run" / "adapter")).eval()
+        got = reloaded(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def _step_lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()
+            if "split" not in json.loads(x)]
+
+
+def _same(a, b):
+    for key in ("step", "loss", "lr"):
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
+    for d in a["dims"]:
+        for k, v in a["dims"][d].items():
+            assert v == pytest.approx(b["dims"][d][k], abs=1e-6), (d, k)
+    for k, v in a["lambdas"].items():
+        assert v == pytest.approx(b["lambdas"][k], abs=1e-6), k
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
+    whole = recipe_for(tiny, tmp_path / "whole", "lagrangian.dual_lr=0.5",
+                       "lagrangian.tolerance=0.0", steps=8)
+    train(whole, load_policy(whole, tiny))
+    cut = recipe_for(tiny, tmp_path / "cut", "lagrangian.dual_lr=0.5",
+                     "lagrangian.tolerance=0.0", steps=8)
+
+    def interrupt(line):
+        if line["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: finish the step, checkpoint, stop
+
+    with pytest.raises(WorkFailed, match="checkpoint at step 5"):
+        train(cut, load_policy(cut, tiny), on_step=interrupt)
+    assert len(_step_lines(tmp_path / "cut" / "run" / "metrics.jsonl")) == 5
+    train(cut, load_policy(cut, tiny), resume=True)
+    a = _step_lines(tmp_path / "whole" / "run" / "metrics.jsonl")
+    b = _step_lines(tmp_path / "cut" / "run" / "metrics.jsonl")
+    assert len(a) == len(b) == 8
+    assert any(v > 0 for v in a[-1]["lambdas"].values())  # the duals moved and were restored
+    for x, y in zip(a, b):
+        _same(x, y)
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):
+    calls = {"n": 0}
+
+    def flaky(h, beta):  # NaN from the fourth training step on (eval calls do not count)
+        calls["n"] += h.requires_grad
+        out = lagdpo.sigmoid_loss(h, beta)
+        return out * float("nan") if calls["n"] > 3 else out
+
+    monkeypatch.setitem(lagdpo.LOSSES, "sigmoid", flaky)
+    recipe = recipe_for(tiny, tmp_path, "train.checkpoint_every=2", steps=6)
+    with pytest.raises(WorkFailed, match=r"loss became nan at step 4.*step-2"):
+        train(recipe, load_policy(recipe, tiny))
+    assert (tmp_path / "run" / "checkpoints" / "step-2" / "adapter.safetensors").exists()
+
+
+def test_no_pairs_for_a_recipe_dimension(tiny, tmp_path):
+    train_file = write_synthetic(tmp_path / "train.jsonl", dims="ATE")
+    recipe = load_recipe(None, [f"model={tiny}", f"out_dir={tmp_path / 'run'}",
+                                f"data.train={train_file}", f"data.test={train_file}"])
+    with pytest.raises(InputError, match="no training pairs for dimension.*C"):
+        train(recipe, load_policy(recipe, tiny))
+
+
+def test_cli_bad_recipe_and_missing_model(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  stpes: 3\n")
+    assert main(["train", str(recipe)]) == 2
+    assert "unknown key 'train.stpes'; did you mean 'train.steps'?" in capsys.readouterr().err
+    recipe.write_text(f"model: {tmp_path / 'nowhere'}\n")
+    assert main(["train", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "localpeer pull" in err or "folder" in err
