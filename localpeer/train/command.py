@@ -13,12 +13,18 @@ from localpeer.errors import InputError
 log = logging.getLogger(__name__)
 
 
-def model_source(recipe, models_dir: Path = Path("models")):
-    """(model folder, LoRA targets from the model card or ())."""
+def model_card(recipe, models_dir: Path = Path("models")):
     from localpeer.config import load_card
 
     card_path = models_dir / f"{recipe.model}.yaml"
-    targets = load_card(card_path).lora_targets if card_path.is_file() else ()
+    return load_card(card_path) if card_path.is_file() else None
+
+
+def model_source(recipe, models_dir: Path = Path("models")):
+    """(model folder, LoRA targets from the model card or ())."""
+    card = model_card(recipe, models_dir)
+    card_path = models_dir / f"{recipe.model}.yaml"
+    targets = card.lora_targets if card else ()
     path = Path(recipe.model)
     if path.is_dir():
         return path, targets
@@ -34,7 +40,7 @@ def model_source(recipe, models_dir: Path = Path("models")):
                      "folder path")
 
 
-def dry_run(recipe, path: Path, targets, console) -> int:
+def dry_run(recipe, console) -> int:
     import torch
     import yaml
 
@@ -43,7 +49,14 @@ def dry_run(recipe, path: Path, targets, console) -> int:
     from localpeer.train.memory import ModelShape, estimate, suggestions
 
     cuda = torch.cuda.is_available()
-    shape = ModelShape.from_config(path)
+    card = model_card(recipe)
+    try:
+        path, targets = model_source(recipe)
+        shape = ModelShape.from_config(path)
+    except InputError:
+        if not card or not card.architecture:
+            raise
+        targets, shape = card.lora_targets, ModelShape.from_dict(card.architecture)
     est = estimate(recipe, shape, targets or tuple(shape.linear_shapes()), cuda=True)
     total_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3 if cuda else None
     render_memory_estimate(yaml.safe_dump(recipe_dict(recipe), sort_keys=False), est,
@@ -66,9 +79,9 @@ def run_train(args) -> int:
     if resolve_backend(recipe) == "unsloth":
         import unsloth  # noqa: F401  (first: it patches transformers on import)
     console = Console()
-    path, targets = model_source(recipe)
     if args.dry_run:
-        return dry_run(recipe, path, targets, console)
+        return dry_run(recipe, console)
+    path, targets = model_source(recipe)
     from localpeer.report import render_train_summary, train_live
     from localpeer.train.backends import load_policy
     from localpeer.train.loop import train

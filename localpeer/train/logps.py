@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 
 from localpeer.data.personaknob import Pair
 
@@ -94,18 +95,38 @@ def collate(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response_mask}
 
 
+LOGP_CHUNK = 256  # positions per chunk of the log-softmax
+
+
+def _chunk_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
+
+
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N, T) log p(target) from (N, T, V) logits, in position chunks. Each chunk is
+    recomputed in the backward pass (activation checkpointing), so the fp32 copy of the
+    logits that log-softmax needs exists for one chunk at a time, not for the whole batch:
+    at a 128k vocabulary that copy is the largest tensor of a training step."""
+    out = []
+    for start in range(0, logits.shape[1], LOGP_CHUNK):
+        args = (logits[:, start:start + LOGP_CHUNK], targets[:, start:start + LOGP_CHUNK])
+        if logits.requires_grad:
+            out.append(torch.utils.checkpoint.checkpoint(_chunk_logps, *args,
+                                                         use_reentrant=False))
+        else:
+            out.append(_chunk_logps(*args))
+    return torch.cat(out, dim=1)
+
+
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen (B,), rejected (B,)) log-probs summed over response tokens, one forward pass."""
     device = next(model.parameters()).device
     input_ids = batch["input_ids"].to(device)
     logits = model(input_ids=input_ids,
                    attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
-    targets = input_ids[:, 1:]
     mask = batch["response_mask"].to(device)[:, 1:]
-    # gather then subtract logsumexp: never materialises a full log_softmax copy
-    token_logps = logits.float().gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    token_logps = token_logps - torch.logsumexp(logits.float(), dim=-1)
-    seq = (token_logps * mask).sum(dim=-1)
+    seq = (token_logps(logits, input_ids[:, 1:]) * mask).sum(dim=-1)
     half = seq.shape[0] // 2
     return seq[:half], seq[half:]
 

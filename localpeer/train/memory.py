@@ -5,8 +5,8 @@ and the LM head kept in 16 bits; otherwise the dtype's size), LoRA weights and g
 fp32, AdamW moments (paged 8-bit: 2 bytes per LoRA parameter; else 8), activations of the 2B
 sequences (chosen and rejected) at the recipe's length: with gradient checkpointing one hidden
 state per layer plus one layer's working set, without it the Korthikanti et al. per-layer
-estimate s*b*h*(34 + 5*a*s/h), plus fp32 logits for the log-prob gather, plus a fixed CUDA
-context overhead. It is an estimate; `bench/gpu_check.sh` measures the real peak next to it.
+estimate s*b*h*(34 + 5*a*s/h), plus the logits and their gradient (the fp32 log-softmax copy
+only for one chunk of positions), plus a fixed CUDA context overhead. It is an estimate; `bench/gpu_check.sh` measures the real peak next to it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, path: Path) -> ModelShape:
-        c = json.loads((Path(path) / "config.json").read_text())
+        return cls.from_dict(json.loads((Path(path) / "config.json").read_text()))
+
+    @classmethod
+    def from_dict(cls, c: dict) -> ModelShape:
         return cls(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
                    c.get("num_key_value_heads", c["num_attention_heads"]),
                    c["intermediate_size"], c["vocab_size"], bool(c.get("tie_word_embeddings")))
@@ -99,7 +102,10 @@ def estimate(recipe: Recipe, shape: ModelShape, targets: tuple[str, ...],
         activations = shape.layers * per_layer_saved + working
     else:
         activations = shape.layers * tokens * h * (34 + 5 * a * s / h) * dtype_bytes / 2
-    logits = tokens * shape.vocab * (dtype_bytes + 4 + 4)  # logits, fp32 copy, logsumexp work
+    # logits and their gradient at the compute dtype; the fp32 log-softmax copy exists for one
+    # chunk of positions at a time (logps.token_logps)
+    chunk = seqs * min(256, s) * shape.vocab * (4 + 4)
+    logits = tokens * shape.vocab * 2 * dtype_bytes + chunk
     return MemoryEstimate(weights / GB, lora / GB, optimizer / GB, activations / GB,
                           logits / GB, CUDA_CONTEXT_GB if cuda else 0.0, lora_params)
 
