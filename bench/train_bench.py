@@ -433,9 +433,10 @@ def child_env(tmp: Path) -> dict:
     return env
 
 
-def run_child(args, name: str, tmp: Path, model: Path, test: Path) -> dict:
-    work = tmp / name
+def run_child(args, name: str, tmp: Path, model: Path, test: Path, attempt: int) -> dict:
+    work = tmp / f"{name}-{attempt}"
     work.mkdir()
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     out = work / "result.json"
     cmd = child_cmd(args, ["--_child", name, "--_model", str(model), "--_test", str(test),
                            "--_out", str(out)])
@@ -452,7 +453,7 @@ def run_child(args, name: str, tmp: Path, model: Path, test: Path) -> dict:
                     stderr_tail="\n".join(tail[-25:]))
     res = json.loads(out.read_text())
     res.update(status="ok", process_s=time.perf_counter() - t0,
-               warnings=_warnings(proc.stderr))
+               warnings=_warnings(proc.stderr), load_avg_before=load_before)
     timed_s = res["loop_s"] + res["ref_s"]
     res.update(timed_s=timed_s, pairs_per_s=res["pairs_timed"] / timed_s,
                tokens_per_s=res["tokens_timed"] / timed_s,
@@ -473,6 +474,19 @@ def _warnings(stderr: str) -> list[str]:
 
 def _ok(res: dict | None) -> bool:
     return bool(res) and res.get("status") == "ok"
+
+
+def median_run(attempts: list[dict]) -> dict:
+    """The attempt with the median pairs/s (the lower middle one for an even count), with
+    every attempt's pairs/s attached; the first failure if none succeeded."""
+    good = sorted((a for a in attempts if _ok(a)), key=lambda a: a["pairs_per_s"])
+    if not good:
+        return attempts[0]
+    chosen = dict(good[(len(good) - 1) // 2])
+    chosen["attempts_pairs_per_s"] = [a["pairs_per_s"] if _ok(a) else None for a in attempts]
+    chosen["attempts_loop_pairs_per_s"] = [a.get("loop_pairs_per_s") for a in attempts]
+    chosen["attempts_peak_mb"] = [a.get("peak_mb") for a in attempts]
+    return chosen
 
 
 def ratio(res: dict, ref: dict | None) -> str:
@@ -596,6 +610,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bnb-cpu-repack", action="store_true",
                     help="leave bitsandbytes' CPU repack on (as shipped; wrong LoRA gradients "
                          "after the first eval-mode pass on AVX512-BF16 CPUs, see pin_nf4_path)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run every configuration this many times, round robin; report medians")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
     ap.add_argument("--json", metavar="FILE", help="also write every number to FILE")
     ap.add_argument("--profile", action="store_true",
@@ -628,21 +644,25 @@ def main(argv=None) -> int:
                 max_length=args.max_length, hidden=args.hidden, layers=args.layers, lr=args.lr,
                 lora_rank=args.rank, lora_alpha=args.alpha, beta=BETA, data=str(TRAIN_DATA),
                 bnb_cpu_repack=args.bnb_cpu_repack)
-    results: dict[str, dict] = {}
+    attempts: dict[str, list[dict]] = {name: [] for name in names}
     localpeer_crashed = False
     with tempfile.TemporaryDirectory(prefix="train_bench_") as tmp:
         tmp = Path(tmp)
         model, test = make_inputs(tmp, args.hidden, args.layers)
-        for name in names:
-            log(f"{name} ...")
-            res = run_child(args, name, tmp, model, test)
-            results[name] = res
-            if _ok(res):
-                log(f"{name}: {res['pairs_per_s']:.3f} pairs/s, {res['tokens_per_s']:,.0f} "
-                    f"tokens/s, peak {res['peak_mb']:.0f} MB ({res['process_s']:.0f} s in all)")
-            else:
-                log(f"{name}: {res['status']}: {res.get('error', '')}")
-                localpeer_crashed |= name.startswith("localpeer")
+        # round robin, so a burst of load from other work on the machine hits every run alike
+        for attempt in range(args.repeats):
+            for name in names:
+                log(f"[{attempt + 1}/{args.repeats}] {name} ...")
+                res = run_child(args, name, tmp, model, test, attempt)
+                attempts[name].append(res)
+                if _ok(res):
+                    log(f"  {res['pairs_per_s']:.3f} pairs/s ({res['loop_pairs_per_s']:.3f} loop "
+                        f"only), {res['tokens_per_s']:,.0f} tokens/s, peak "
+                        f"{res['peak_mb']:.0f} MB ({res['process_s']:.0f} s in all)")
+                else:
+                    log(f"  {res['status']}: {res.get('error', '')}")
+                    localpeer_crashed |= name.startswith("localpeer")
+        results = {name: median_run(attempts[name]) for name in names}
 
         print("## localpeer vs TRL DPOTrainer, QLoRA DPO on CPU\n")
         print(f"machine: {meta['machine']}\n")
@@ -650,7 +670,8 @@ def main(argv=None) -> int:
               f"quant, fp32 compute); LoRA r={args.rank} alpha={args.alpha} on "
               f"{','.join(TARGETS)}; {args.steps} steps x {args.batch_size} pairs, max_length "
               f"{args.max_length}, beta {BETA}, sigmoid loss, lr {args.lr:g}; bitsandbytes CPU "
-              f"repack {'ON (as shipped)' if args.bnb_cpu_repack else 'off in both tools'}\n")
+              f"repack {'ON (as shipped)' if args.bnb_cpu_repack else 'off in both tools'}; "
+              f"each run {args.repeats}x round robin, the median by pairs/s is shown\n")
         print(markdown_table(table_rows(results, names)))
         print()
         print("timed: steps 2..N (end of step 1 to end of step N); cached modes add the one "
@@ -681,6 +702,13 @@ def main(argv=None) -> int:
                   f"(min {steps[0]:.2f}, max {steps[-1]:.2f}); RSS at reset "
                   f"{res['base_rss_mb']:.0f} MB; LoRA dtype {res['adapter_dtype']}; {extra}; "
                   f"{res['process_s']:.0f} s whole process")
+            if args.repeats > 1:
+                print("    every attempt: pairs/s " + ", ".join(
+                    "failed" if v is None else f"{v:.3f}" for v in res["attempts_pairs_per_s"])
+                    + "; loop only " + ", ".join(
+                        "-" if v is None else f"{v:.3f}" for v in res["attempts_loop_pairs_per_s"])
+                    + "; peak MB " + ", ".join(
+                        "-" if v is None else f"{v:.0f}" for v in res["attempts_peak_mb"]))
             for w in res.get("warnings", [])[:6]:
                 print(f"    stderr: {w}")
         sys.stdout.flush()
@@ -700,7 +728,7 @@ def main(argv=None) -> int:
                 print("profile: timeout")
 
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(meta=meta, results=results,
+        Path(args.json).write_text(json.dumps(dict(meta=meta, results=results, attempts=attempts,
                                                    targets=target_lines(results)), indent=1))
         log(f"wrote {args.json}")
     return 1 if localpeer_crashed else 0
