@@ -547,8 +547,9 @@ def target_lines(results: dict) -> list[str]:
                 continue  # the same comparison as "same mode"
             ref = results.get(ref_name)
             if not (_ok(ours) and _ok(ref)):
+                why = "a run failed" if ours and ref else "not run"
                 out.append(f"target localpeer {MODE_LABEL[mode]} >= {TARGET_RATIO[mode]}x "
-                           f"{what}: not checked (a run failed)")
+                           f"{what}: not checked ({why})")
                 continue
             r = ours["pairs_per_s"] / ref["pairs_per_s"]
             mem_ok = ours["peak_mb"] <= ref["peak_mb"]

@@ -62,3 +62,18 @@ def test_dry_run_prints_the_estimate_without_a_pulled_model(capsys):
     assert main(["train", str(ROOT / "recipes" / "gpu-12gb.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "VRAM estimate" in out and "total" in out and "llama-3.1-8b-instruct" in out
+
+
+def test_dry_run_refuses_a_gpu_that_is_too_small(monkeypatch, capsys):
+    import torch
+
+    class Props:
+        total_memory = 6 * 1024**3
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: Props())
+    assert main(["train", str(ROOT / "recipes" / "gpu-12gb.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "needs about 8.6 GB but the GPU has 6.0 GB" in err
+    assert "train.batch_size" not in err or "grad_accum" in err
+    assert "a smaller model card" in err
