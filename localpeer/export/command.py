@@ -1,0 +1,283 @@
+"""`localpeer export RUN_DIR [--quant Q4_K_M,Q8_0] [--adapter] [--out DIR] [--check-only]`.
+
+    localpeer export runs/smollm2-135m-cpu --adapter
+
+Merges the run's adapter into the fp32 base, converts with llama.cpp's converter (F32 for the
+checks, F16 kept), quantizes in-process, checks parity against the merged HF model and only
+then renames every file into the export folder; export.json is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from localpeer.errors import InputError, WorkFailed
+
+log = logging.getLogger(__name__)
+GGUF_ROOT = Path("models") / "gguf"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def adapter_sha256(adapter_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if (adapter_dir / name).is_file():
+            digest.update(sha256_file(adapter_dir / name).encode())
+    return digest.hexdigest()
+
+
+def _check_run(run: Path) -> Path:
+    if not run.is_dir():
+        raise InputError("run folder not found; pass a folder written by `localpeer train` "
+                         "(runs/<name>/)", run)
+    if not (run / "recipe.yaml").is_file():
+        raise InputError("no recipe.yaml in this run folder; is it a `localpeer train` run?", run)
+    adapter = run / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise InputError("no adapter/adapter_config.json; the run has not finished training "
+                         "(a checkpoint's adapter can be copied to RUN/adapter)", run)
+    return adapter
+
+
+def _base_dir(run: Path) -> Path:
+    from localpeer.config import load_recipe
+    from localpeer.train.command import model_source
+
+    return Path(model_source(load_recipe(run / "recipe.yaml"))[0])
+
+
+def _check_disk(base_dir: Path, out: Path, adapter: bool) -> None:
+    """The work folder holds the merged fp32 model, an F32 and an F16 GGUF and the quants."""
+    cfg = json.loads((base_dir / "config.json").read_text())
+    dtype = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    weights = sum(f.stat().st_size for f in base_dir.glob("*.safetensors"))
+    merged_fp32 = weights * (1 if "32" in dtype else 2)
+    need = merged_fp32 * (4 if adapter else 3)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise InputError(f"export needs about {need / 1e9:.1f} GB free but {out} has "
+                         f"{free / 1e9:.1f} GB; free some space or pass --out on another disk")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_work(out: Path) -> list[Path]:
+    """Remove work folders left by exports that were killed (their process is gone)."""
+    removed = []
+    for work in out.glob(".work-*"):
+        pid = work.name.removeprefix(".work-")
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+            removed.append(work)
+    return removed
+
+
+def _modelfile(name: str, target: str, eos: str | None) -> str:
+    lines = [f"# Ollama: ollama create {name} -f Modelfile",
+             "# Ollama reads the chat template from the GGUF metadata (tokenizer.chat_template);",
+             "# no TEMPLATE is written here because translating Jinja to Go templates is lossy.",
+             f"FROM ./{target}"]
+    if eos:
+        lines.append(f"PARAMETER stop {json.dumps(eos)}")
+    return "\n".join(lines) + "\n"
+
+
+def _file_entry(path: Path, gguf_type: str) -> dict:
+    return {"file": path.name, "type": gguf_type, "size": path.stat().st_size,
+            "sha256": sha256_file(path)}
+
+
+class Stages:
+    """Prints each stage with its duration (a line per stage; rich is kept out of the
+    library code, this is the command)."""
+
+    def __init__(self, console, quiet: bool):
+        self.console, self.quiet, self.timings = console, quiet, {}
+
+    def run(self, label: str, fn, *a, **kw):
+        t = time.perf_counter()
+        if self.quiet:
+            result = fn(*a, **kw)
+        else:
+            with self.console.status(label + " ..."):
+                result = fn(*a, **kw)
+        dt = time.perf_counter() - t
+        self.timings[label] = round(dt, 1)
+        if not self.quiet:
+            self.console.print(f"[green]✓[/] {label} ({dt:.1f} s)")
+        return result
+
+
+def _reference(stages: Stages, model, base_dir: Path):
+    from transformers import AutoTokenizer
+
+    from localpeer.export.parity import hf_reference
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    return tok, stages.run("HF reference logits", hf_reference, model, tok)
+
+
+def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[str, ...],
+            stages: Stages) -> dict:
+    import torch
+
+    from localpeer.export import converter, merge, parity
+    from localpeer.export.quantize import quantize
+    from localpeer.train.reference import base_fingerprint
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    conv = converter.find_converter()
+    base_dir = _base_dir(run)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in clean_stale_work(out):
+        log.warning("removed %s, left by an export that was killed", stale)
+    _check_disk(base_dir, out, args.adapter)
+    work = out / f".work-{os.getpid()}"
+    work.mkdir()
+    try:
+        model = stages.run("merge the adapter into the fp32 base", merge.merged_model,
+                           base_dir, adapter)
+        merged = stages.run("save the merged model", merge.merge_adapter, base_dir, adapter,
+                            work / "merged-hf", model=model)
+        tok, ref = _reference(stages, model, base_dir)
+        del model
+        files = {"F32": work / f"{name}-F32.gguf", "F16": work / f"{name}-F16.gguf"}
+        for t in ("F32", "F16"):
+            stages.run(f"convert to {t}", converter.convert_model, merged, files[t], t.lower(),
+                       conv)
+        notes = []
+        for q in quants:
+            files[q], note = stages.run(f"quantize to {q}", quantize, files["F32"],
+                                        work / f"{name}-{q}.gguf", q)
+            if note:
+                notes.append(note)
+        lora = None
+        if args.adapter:
+            staged = merge.stage_adapter(adapter, work / "adapter")
+            lora_file = stages.run("convert the adapter to a LoRA GGUF", converter.convert_lora,
+                                   staged, base_dir, work / f"{name}-lora-F32.gguf", "f32", conv)
+            base_f32 = stages.run("convert the base to F32 (for the adapter check)",
+                                  converter.convert_model, base_dir, work / "base-F32.gguf",
+                                  "f32", conv)
+            lora = (base_f32, lora_file)
+        report = stages.run("parity checks", parity.check_export, ref, files, lora)
+        if not report.passed:
+            raise WorkFailed("parity check failed, nothing was written to "
+                             f"{out}:\n  " + "\n  ".join(report.failures))
+        keep = {t: p for t, p in files.items() if t != "F32" or args.keep_f32}
+        if lora:
+            keep["LORA-F32"] = lora[1]
+        target = files.get("Q4_K_M", files[quants[0]] if quants else files["F16"])
+        (work / "Modelfile").write_text(_modelfile(name, target.name, tok.eos_token))
+        info = {
+            "format": 1, "name": name,
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "sources": {"run_dir": str(run), "base_dir": str(base_dir),
+                        "base_sha256": base_fingerprint(base_dir),
+                        "adapter_sha256": adapter_sha256(adapter),
+                        "llama_cpp_python": converter.check_llama_cpp_version(),
+                        "converter": converter.converter_info(conv)},
+            "files": [_file_entry(p, t) for t, p in keep.items()]
+            + [_file_entry(work / "Modelfile", "Modelfile")],
+            "notes": notes, "parity": report.to_dict(), "timings_s": stages.timings}
+        for p in [*keep.values(), work / "Modelfile"]:
+            os.replace(p, out / p.name)
+        from localpeer.formats import atomic_write_text
+
+        atomic_write_text(out / "export.json", json.dumps(info, indent=1) + "\n")
+        return info
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check_only(run: Path, adapter: Path, out: Path, stages: Stages) -> dict:
+    from localpeer.export import merge, parity
+
+    if not (out / "export.json").is_file():
+        raise InputError("no export.json here; run `localpeer export RUN_DIR` first or pass "
+                         "--out to the export folder", out)
+    info = json.loads((out / "export.json").read_text())
+    failures, files = [], {}
+    for entry in info["files"]:
+        path = out / entry["file"]
+        if not path.is_file():
+            failures.append(f"{entry['file']} is missing")
+        elif stages.run(f"sha256 of {path.name}", sha256_file, path) != entry["sha256"]:
+            failures.append(f"{entry['file']} changed since export (sha256 differs)")
+        elif entry["type"] in ("F32", "F16") or entry["type"].startswith(("Q", "I", "B", "T")):
+            files[entry["type"]] = path
+    if not files:
+        raise InputError("export.json lists no GGUF model files", out / "export.json")
+    base_dir = _base_dir(run)
+    model = stages.run("merge the adapter into the fp32 base", merge.merged_model, base_dir,
+                       adapter)
+    _, ref = _reference(stages, model, base_dir)
+    del model
+    report = stages.run("parity checks", parity.check_export, ref, files)
+    failures += report.failures
+    if failures:
+        raise WorkFailed("parity check failed for " + str(out) + ":\n  " + "\n  ".join(failures))
+    return {"name": info.get("name"), "files": info["files"], "parity": report.to_dict(),
+            "notes": ["the LoRA check needs the base F32 GGUF; it runs on a full export only"]}
+
+
+def _summary(console, out: Path, info: dict) -> None:
+    for f in info["files"]:
+        console.print(f"  {out / f['file']}  {f.get('size', 0) / 1e6:.1f} MB")
+    for fp in info["parity"]["files"]:
+        top1 = f"top-1 {fp['top1_agree']:.3f}" if fp["top1_agree"] is not None else ""
+        console.print(f"  parity {fp['file']}: max |Δlogit| {fp['max_abs']:.2e}, {top1}"
+                      f"{' (' + fp['tolerance'] + ')' if fp['tolerance'] else ''}")
+    console.print(f"  tokens identical on {info['parity']['tokens_identical']} probes; "
+                  f"chat template same: {info['parity']['chat_template_same']}")
+    for n in info.get("notes", []):
+        console.print(f"  note: {n}")
+
+
+def run_export(args) -> int:
+    from rich.console import Console
+
+    from localpeer.export.converter import check_llama_cpp_version
+    from localpeer.export.quantize import parse_quants
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    run = Path(args.run_dir)
+    names = parse_quants(args.quant)
+    quants = tuple(q for q in names if q not in ("F16", "F32", "ALL_F32"))
+    adapter = _check_run(run)
+    check_llama_cpp_version()
+    name = args.name or run.resolve().name
+    out = Path(args.out) if args.out else GGUF_ROOT / name
+    console = Console(stderr=True)
+    stages = Stages(console, getattr(args, "quiet", False))
+    if args.check_only:
+        info = _check_only(run, adapter, out, stages)
+    else:
+        info = _export(args, run, adapter, out, name, quants, stages)
+    if not stages.quiet:
+        console.print(f"[bold green]export {'check ' if args.check_only else ''}passed[/]: "
+                      f"{out}")
+        _summary(console, out, info)
+    return 0
