@@ -79,35 +79,9 @@ REPO = Path(__file__).resolve().parent.parent
 # child side: one fit, one process
 # --------------------------------------------------------------------------------------------
 
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM (Linux >= 4.0); False if not allowed here."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is None:  # not Linux: ru_maxrss is KiB on Linux, bytes on macOS
-        import resource
-
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        kb = kb / 1024 if sys.platform == "darwin" else kb
-    return kb / 1024
+from peak_memory import peak_mb as _peak_mb  # noqa: E402
+from peak_memory import reset_peak as _reset_peak  # noqa: E402
+from peak_memory import status_kb as _status_kb  # noqa: E402
 
 
 def _fit_localpeer(tool, data):

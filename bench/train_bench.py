@@ -110,35 +110,9 @@ TARGET_RATIO = {"cached": 1.5, "live": 1.1}
 # child side: one tool, one mode, one process
 # --------------------------------------------------------------------------------------------
 
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False if not allowed here."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mb() -> float:
-    kb = _status_kb("VmHWM")
-    if kb is None:  # not Linux: ru_maxrss is KiB on Linux, bytes on macOS
-        import resource
-
-        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        kb = kb / 1024 if sys.platform == "darwin" else kb
-    return kb / 1024
+from peak_memory import peak_mb as _peak_mb  # noqa: E402
+from peak_memory import reset_peak as _reset_peak  # noqa: E402
+from peak_memory import status_kb as _status_kb  # noqa: E402
 
 
 class StepClock:
