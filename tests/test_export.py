@@ -224,7 +224,8 @@ def test_export_writes_checked_files_that_chat(exported):
     assert parity["passed"] and parity["chat_template_same"]
     assert parity["tokens_identical"] == "24/24"
     by_type = {f["gguf_type"]: f for f in parity["files"]}
-    assert by_type["F32"]["max_abs"] <= 5e-4 and by_type["F16"]["max_abs"] <= 0.2
+    assert by_type["F32"]["max_abs"] <= 5e-4 and by_type["F16"]["max_abs"] <= 0.5
+    assert by_type["F16"]["top1_agree"] >= 0.98
     assert by_type["Q8_0"]["top1_agree"] >= 0.95
     # the LoRA GGUF on the base F32 GGUF reproduces the merged HF model
     assert by_type["LORA"]["max_abs_last"] <= 1e-4 and by_type["LORA"]["max_abs"] <= 5e-4

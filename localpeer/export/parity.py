@@ -18,11 +18,13 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # max |logit difference| over all positions, by GGUF type (fp32 KV cache in llama.cpp)
-MAX_ABS = {"F32": 5e-4, "F16": 0.2}
+# F16: weights rounded to 11-bit mantissas move logits (|logit| up to ~45) by ~0.1 typically;
+# the max over ~20M logits reached 0.25 on one CI run, so 0.5, plus top-1 agreement >= 0.98
+MAX_ABS = {"F32": 5e-4, "F16": 0.5}
 # top-1 agreement with HF over all positions of the logit probes. Q8_0 measured 0.969 on the
 # probes below (SmolLM2-135M, whose HF base is itself a dequantized Q4_1: many near-tied top
 # tokens); the issue asks 95%. Other quant types are reported, not gated.
-MIN_TOP1 = {"Q8_0": 0.95}
+MIN_TOP1 = {"Q8_0": 0.95, "F16": 0.98}
 LORA_MAX_ABS_LAST = 1e-4  # base F32 GGUF + LoRA GGUF vs the merged HF model; measured 4.9e-5
 LORA_MAX_ABS_ALL = 5e-4
 LOGIT_PROBES = 8  # logits on the first 8 probes (cost); tokens and templates on all
@@ -186,13 +188,14 @@ def check_file(ref: Reference, path: Path, gguf_type: str, lora: Path | None = N
         if stats["max_abs_last"] > LORA_MAX_ABS_LAST or stats["max_abs"] > LORA_MAX_ABS_ALL:
             fp.failures.append(f"{name} on the base F32: logits differ from the merged HF model "
                                f"by {stats['max_abs_last']:.2e} (last) / {stats['max_abs']:.2e}")
-    elif gguf_type in MAX_ABS:
+    if lora is None and gguf_type in MAX_ABS:
         fp.tolerance = f"max_abs <= {MAX_ABS[gguf_type]}"
         if stats["max_abs"] > MAX_ABS[gguf_type]:
             fp.failures.append(f"{name}: logits differ from HF by {stats['max_abs']:.3g} "
                                f"(tolerance {MAX_ABS[gguf_type]})")
-    elif gguf_type in MIN_TOP1:
-        fp.tolerance = f"top1_agree >= {MIN_TOP1[gguf_type]}"
+    if lora is None and gguf_type in MIN_TOP1:
+        fp.tolerance = ", ".join(filter(None, [fp.tolerance if gguf_type in MAX_ABS else "",
+                                               f"top1_agree >= {MIN_TOP1[gguf_type]}"]))
         if stats["top1_agree"] < MIN_TOP1[gguf_type]:
             fp.failures.append(f"{name}: top-1 agreement with HF {stats['top1_agree']:.3f} < "
                                f"{MIN_TOP1[gguf_type]}")
