@@ -107,7 +107,7 @@ def _read_text(path: Path) -> str:
                          "save the file as UTF-8", path, line) from None
 
 
-def _json_records(path: Path) -> Iterator[tuple[int, dict]]:
+def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a JSONL file."""
     for line, text in enumerate(_read_text(path).split("\n"), start=1):
         if not text.strip():
@@ -252,7 +252,7 @@ def _make_transcript(obj: dict, path: Path, line: int) -> Transcript:
 def read_transcripts(path: Path) -> list[Transcript]:
     """Every conversation in one transcripts JSONL file (blank lines skipped)."""
     path = Path(path)
-    transcripts = [_make_transcript(obj, path, line) for line, obj in _json_records(path)]
+    transcripts = [_make_transcript(obj, path, line) for line, obj in jsonl_records(path)]
     log.debug("%s: %d transcripts", path, len(transcripts))
     return transcripts
 
@@ -268,7 +268,7 @@ def read_ratings(path: Path, scale: Scale) -> list[Rating]:
     if suffix == ".csv":
         ratings = _csv_ratings(path, scale)
     elif suffix == ".jsonl":
-        ratings = [_make_rating(obj, scale, path, line) for line, obj in _json_records(path)]
+        ratings = [_make_rating(obj, scale, path, line) for line, obj in jsonl_records(path)]
     else:
         raise InputError("a ratings file must be .csv or .jsonl; convert or rename it", path)
     log.debug("%s: %d ratings", path, len(ratings))
@@ -329,7 +329,7 @@ def _classify_file(path: Path) -> tuple[list[Path], list[Path]]:
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl"):
         raise InputError("expected a folder, a ratings .csv or a .jsonl file", path)
-    if suffix == ".csv" or "score" in next(_json_records(path), (0, {}))[1]:
+    if suffix == ".csv" or "score" in next(jsonl_records(path), (0, {}))[1]:
         return [path], []
     return [], [path]
 

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from localpeer.data.personaknob import DIMS, parse_mask, record_from_json
 from localpeer.errors import InputError
-from localpeer.formats import append_jsonl
+from localpeer.formats import append_jsonl, jsonl_records
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +89,8 @@ def read_seeds(path: Path) -> list[Seed]:
     if not path.is_file():
         raise InputError("no such seeds file", path)
     seeds, seen = [], {}
-    for line_no, raw in enumerate(path.read_bytes().splitlines(), 1):
-        if not raw.strip():
-            continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise InputError(f"not a valid UTF-8 JSON line ({err})", path, line_no) from None
-        if not isinstance(obj, dict) or not str(obj.get("id", "")).strip() or not str(
-                obj.get("seed_scene", "")).strip():
+    for line_no, obj in jsonl_records(path):
+        if not str(obj.get("id", "")).strip() or not str(obj.get("seed_scene", "")).strip():
             raise InputError("a seed needs a non-empty id and seed_scene", path, line_no)
         sid = str(obj["id"])
         if sid in seen:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from localpeer.data.personaknob import COLUMNS, DIMS, SPLITS, Record, hashed_split, record_from_json
 from localpeer.errors import InputError
+from localpeer.formats import jsonl_records
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +34,6 @@ def _needs_pyarrow(what: str):
         import pyarrow  # noqa: F401
     except ImportError:
         raise InputError(f"reading {what} needs pyarrow: pip install pyarrow") from None
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError("not UTF-8; save the file as UTF-8", path, line_no) from None
-            if text.strip():
-                try:
-                    yield line_no, json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise InputError(f"not valid JSON ({err.msg} at column {err.colno})",
-                                     path, line_no) from None
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -140,7 +126,7 @@ def source_rows(src: Path) -> Iterator[tuple[str | None, Path, int, dict]]:
         files = [src]
     for path in files:
         suffix = path.suffix.lower()
-        readers = {".jsonl": _jsonl_rows, ".json": _jsonl_rows, ".csv": _csv_rows,
+        readers = {".jsonl": jsonl_records, ".json": jsonl_records, ".csv": _csv_rows,
                    ".parquet": _parquet_rows}
         if suffix not in readers:
             raise InputError(f"cannot read {suffix} files; use JSONL, CSV, Parquet or a "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localpeer.errors import InputError
+from localpeer.formats import jsonl_records
 
 DIMS = ("A", "T", "E", "C")
 TEXT_COLUMNS = ("seed_scene", "context", "trigger", "prompt")
@@ -186,25 +187,13 @@ def read_records(path: str | Path) -> list[Record]:
         raise InputError("no such records file", path)
     records: list[Record] = []
     first_line: dict[str, int] = {}
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise InputError("not UTF-8; save the file as UTF-8", path, line_no) from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise InputError(f"not valid JSON ({err.msg} at column {err.colno}); one record "
-                                 "per line", path, line_no) from None
-            record = record_from_json(obj, path, line_no)
-            if record.id in first_line:
-                raise InputError(f"duplicate id {record.id!r} (first at line "
-                                 f"{first_line[record.id]}); ids must be unique", path, line_no)
-            first_line[record.id] = line_no
-            records.append(record)
+    for line_no, obj in jsonl_records(path):
+        record = record_from_json(obj, path, line_no)
+        if record.id in first_line:
+            raise InputError(f"duplicate id {record.id!r} (first at line "
+                             f"{first_line[record.id]}); ids must be unique", path, line_no)
+        first_line[record.id] = line_no
+        records.append(record)
     return records
 
 
