@@ -35,6 +35,7 @@ from localpeer.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from localpeer.train.evaluate import evaluate, stratified_subset
 from localpeer.train.logps import TokenizedPair, collate, sequence_logps, tokenize_pairs
 from localpeer.train.reference import compute_reference, reference_logps
 from localpeer.train.sampler import StratifiedSampler
@@ -95,17 +96,6 @@ def load_pairs(recipe: Recipe, tokenizer) -> RunData:
     return RunData(dims, splits["train"], splits["test"], truncated)
 
 
-def stratified_subset(pairs: list[TokenizedPair], n_dims: int, limit: int) -> list:
-    """At most `limit` pairs, as even across dimensions as the data allows, in file order."""
-    by_dim = [[p for p in pairs if p.dim == k] for k in range(n_dims)]
-    out, k = [], 0
-    while len(out) < min(limit, len(pairs)):
-        if by_dim[k % n_dims]:
-            out.append(by_dim[k % n_dims].pop(0))
-        k += 1
-    return out
-
-
 def lr_lambda(recipe: Recipe) -> Callable[[int], float]:
     """Linear warmup, then cosine decay to 10% of the peak."""
     warm, total = recipe.train.warmup_steps, max(recipe.train.steps, 1)
@@ -129,38 +119,6 @@ def make_optimizer(recipe: Recipe, policy: Policy):
         return bnb.optim.PagedAdamW8bit(params, lr=recipe.train.lr,
                                         weight_decay=recipe.train.weight_decay)
     return torch.optim.AdamW(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
-
-
-def evaluate(policy: Policy, pairs: list[TokenizedPair], ref: torch.Tensor, dims, recipe,
-             pad_id: int) -> dict:
-    """Per dimension on held-out pairs: DPO loss, reward margin, reward accuracy (h > 0), and
-    selection accuracy (METHOD.md §4: the golden has the higher length-normalised log-prob),
-    which, unlike reward accuracy, is meaningful before training too."""
-    losses, margins, dim_idx, selected = [], [], [], []
-    policy.model.eval()
-    with torch.no_grad():
-        for start in range(0, len(pairs), recipe.train.batch_size):
-            chunk = pairs[start:start + recipe.train.batch_size]
-            pc, pr = sequence_logps(policy.model, collate(chunk, pad_id))
-            r = ref[start:start + len(chunk)].to(pc.device)
-            h = lagdpo.dpo_margins(pc, pr, r[:, 0], r[:, 1], recipe.dpo.beta)
-            losses.append(lagdpo.LOSSES[recipe.dpo.loss](h, recipe.dpo.beta).cpu())
-            margins.append(h.cpu())
-            dim_idx.append(torch.tensor([p.dim for p in chunk]))
-            n_c = torch.tensor([len(p.chosen) for p in chunk], dtype=torch.float32)
-            n_r = torch.tensor([len(p.rejected) for p in chunk], dtype=torch.float32)
-            selected.append((pc.cpu() / n_c > pr.cpu() / n_r).float())
-    policy.model.train()
-    if not losses:
-        return {}
-    dim_all = torch.cat(dim_idx)
-    stats = lagdpo.pair_stats(torch.cat(losses), torch.cat(margins), dim_all, len(dims))
-    chosen_right, counts = lagdpo.per_dimension_sums(torch.cat(selected), dim_all, len(dims))
-    return {d: {"loss": float(stats.loss[k]), "margin": float(stats.margin[k]),
-                "accuracy": float(stats.accuracy[k]),
-                "selection_accuracy": float(chosen_right[k] / counts[k]),
-                "pairs": int(stats.pairs[k])}
-            for k, d in enumerate(dims) if stats.pairs[k] > 0}
 
 
 def _metrics_line(step, loss, lr, tokens_per_s, dims, stats, state, weights) -> dict:
@@ -287,6 +245,48 @@ def _truncate_metrics(run: Path, step: int) -> None:
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
+def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: torch.Tensor,
+                    ref_train: torch.Tensor | None, recipe: Recipe, dist: Dist, pad_id: int):
+    """Forward and backward over this rank's share of one global batch, micro-batch by
+    micro-batch. Returns the global per-dimension pair counts, the per-dimension sums of
+    (loss, margin, h > 0) over all ranks, the step's weighted loss and this rank's tokens."""
+    K = len(data.dims)
+    loss_fn = lagdpo.LOSSES[recipe.dpo.loss]
+    step_counts = torch.bincount(torch.tensor([data.train[i].dim for i in batch]), minlength=K)
+    mine = batch[dist.rank::dist.world]
+    micro = max(len(mine) // recipe.train.grad_accum, 1)
+    sums = [torch.zeros(K, dtype=torch.float64) for _ in range(3)]
+    tokens, total = 0, 0.0
+    for m in range(0, len(mine), micro):
+        ids = mine[m:m + micro]
+        chunk = [data.train[i] for i in ids]
+        tensors = collate(chunk, pad_id)
+        if ref_train is None:  # reference forward with the adapter off, per batch
+            ref = compute_reference(policy, chunk, len(chunk), pad_id)
+        pc, pr = sequence_logps(policy.model, tensors)
+        ref = (ref_train[ids] if ref_train is not None else ref).to(pc.device)
+        h = lagdpo.dpo_margins(pc, pr, ref[:, 0], ref[:, 1], recipe.dpo.beta)
+        losses = loss_fn(h, recipe.dpo.beta)
+        dim_idx = torch.tensor([p.dim for p in chunk], device=h.device)
+        loss = lagdpo.weighted_loss(losses, dim_idx, step_counts.to(h.device),
+                                    weights.to(h.device))
+        loss.backward()
+        total += float(loss.detach())
+        tokens += int(tensors["attention_mask"].sum())
+        for acc, values in zip(sums, (losses, h, (h > 0).float())):
+            acc += lagdpo.per_dimension_sums(values.detach().double().cpu(), dim_idx.cpu(),
+                                             K)[0]
+    for acc in sums:
+        dist.all_sum(acc)
+    # each rank's loss is its share of sum_k w_k L_k (global N_k), so the exact gradient is
+    # the sum over ranks
+    for p in policy.model.parameters():
+        if p.grad is not None:
+            dist.all_sum(p.grad)
+    total = float(dist.all_sum(torch.tensor([total], dtype=torch.float64))[0])
+    return step_counts, sums, total, tokens
+
+
 def train(recipe: Recipe, policy: Policy, resume: bool = False,
           on_step: Callable[[dict], None] | None = None,
           on_eval: Callable[[dict], None] | None = None) -> dict:
@@ -306,7 +306,6 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe))
     lag_cfg = lagdpo.LagrangianConfig(**vars(recipe.lagrangian))
     duals = lagdpo.DualState.initial(K)
-    loss_fn = lagdpo.LOSSES[recipe.dpo.loss]
     start, last = 0, {}
     if resume:
         start, duals = _restore(latest_checkpoint(run / "checkpoints"), policy, optimizer,
@@ -333,42 +332,9 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
                                  f"{run / 'checkpoints'}; continue with --resume")
             t0 = time.perf_counter()
             batch = sampler.next_batch()
-            step_counts = torch.bincount(torch.tensor([data.train[i].dim for i in batch]),
-                                         minlength=K)
             weights = lagdpo.lagrangian_weights(duals.lambdas, lag_cfg.clip_weights)
-            mine = batch[dist.rank::dist.world]
-            micro = max(len(mine) // recipe.train.grad_accum, 1)
-            loss_sum = torch.zeros(K, dtype=torch.float64)
-            margin_sum, right_sum = torch.zeros_like(loss_sum), torch.zeros_like(loss_sum)
-            tokens, total = 0, 0.0
-            for m in range(0, len(mine), micro):
-                ids = mine[m:m + micro]
-                chunk = [data.train[i] for i in ids]
-                tensors = collate(chunk, pad_id)
-                if ref_train is None:  # reference forward with the adapter off, per batch
-                    ref = compute_reference(policy, chunk, len(chunk), pad_id)
-                pc, pr = sequence_logps(policy.model, tensors)
-                ref = (ref_train[ids] if ref_train is not None else ref).to(pc.device)
-                h = lagdpo.dpo_margins(pc, pr, ref[:, 0], ref[:, 1], recipe.dpo.beta)
-                losses = loss_fn(h, recipe.dpo.beta)
-                dim_idx = torch.tensor([p.dim for p in chunk], device=h.device)
-                loss = lagdpo.weighted_loss(losses, dim_idx, step_counts.to(h.device),
-                                            weights.to(h.device))
-                loss.backward()
-                total += float(loss.detach())
-                tokens += int(tensors["attention_mask"].sum())
-                for acc, values in ((loss_sum, losses), (margin_sum, h),
-                                    (right_sum, (h > 0).float())):
-                    acc += lagdpo.per_dimension_sums(values.detach().double().cpu(),
-                                                     dim_idx.cpu(), K)[0]
-            for acc in (loss_sum, margin_sum, right_sum):
-                dist.all_sum(acc)
-            # each rank's loss is its share of sum_k w_k L_k (global N_k), so the exact
-            # gradient is the sum over ranks
-            for p in policy.model.parameters():
-                if p.grad is not None:
-                    dist.all_sum(p.grad)
-            total = float(dist.all_sum(torch.tensor([total], dtype=torch.float64))[0])
+            step_counts, sums, total, tokens = accumulate_step(
+                policy, data, batch, weights, ref_train, recipe, dist, pad_id)
             if not math.isfinite(total):
                 raise WorkFailed(
                     f"the loss became {total} at step {step}; nothing from this step was kept. "
@@ -381,8 +347,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             counts = step_counts.double().clamp(min=1)
-            stats = lagdpo.PairStats(loss_sum / counts, margin_sum / counts, right_sum / counts,
-                                     step_counts)
+            stats = lagdpo.PairStats(*(acc / counts for acc in sums), step_counts)
             duals = lagdpo.dual_step(duals, stats.loss.float(), step_counts > 0, lag_cfg)
             seconds = time.perf_counter() - t0
             last = _metrics_line(step, total, scheduler.get_last_lr()[0],
