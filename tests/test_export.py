@@ -225,8 +225,9 @@ def test_export_writes_checked_files_that_chat(exported):
     assert parity["tokens_identical"] == "24/24"
     by_type = {f["gguf_type"]: f for f in parity["files"]}
     assert by_type["F32"]["max_abs"] <= 5e-4 and by_type["F16"]["max_abs"] <= 0.5
-    assert by_type["F16"]["top1_agree"] >= 0.98
-    assert by_type["Q8_0"]["top1_agree"] >= 0.95
+    assert by_type["F16"]["top1_agree_decisive"] >= 0.98
+    assert by_type["Q8_0"]["top1_agree_decisive"] >= 0.95
+    assert by_type["Q8_0"]["decisive_positions"] >= 100  # the gate is not vacuous
     # the LoRA GGUF on the base F32 GGUF reproduces the merged HF model
     assert by_type["LORA"]["max_abs_last"] <= 1e-4 and by_type["LORA"]["max_abs"] <= 5e-4
     assert any("fallback" in n for n in info["notes"])  # 576-wide rows: no true Q4_K

@@ -247,7 +247,9 @@ def _summary(console, out: Path, info: dict) -> None:
     for f in info["files"]:
         console.print(f"  {out / f['file']}  {f.get('size', 0) / 1e6:.1f} MB")
     for fp in info["parity"]["files"]:
-        top1 = f"top-1 {fp['top1_agree']:.3f}" if fp["top1_agree"] is not None else ""
+        top1 = (f"top-1 {fp['top1_agree_decisive']:.3f} of {fp['decisive_positions']} decisive"
+                f" positions, {fp['top1_agree']:.3f} of all {fp['top1_positions']}"
+                if fp.get("top1_agree_decisive") is not None else "")
         console.print(f"  parity {fp['file']}: max |Δlogit| {fp['max_abs']:.2e}, {top1}"
                       f"{' (' + fp['tolerance'] + ')' if fp['tolerance'] else ''}")
     console.print(f"  tokens identical on {info['parity']['tokens_identical']} probes; "
