@@ -43,6 +43,10 @@ pull card="smollm2-135m-instruct":
 train recipe="recipes/gpu-12gb.yaml" *overrides:
     {{python}} -m localpeer train {{recipe}} {{overrides}}
 
+# chat with a GGUF in the terminal: just chat models/gguf/peer-smollm2-135m/peer-smollm2-135m-Q8_0.gguf
+chat model *args:
+    {{python}} -m localpeer chat {{model}} {{args}}
+
 # grade rated transcripts: just score transcripts/ --json scores.json
 score *args:
     {{python}} -m localpeer score {{args}}

@@ -220,9 +220,12 @@ def run_localpeer(args, cached: bool, work: Path, profiler=None) -> dict:
         ref_s[split] = time.perf_counter() - t0
         return out
 
-    def counting_collate(chunk, pad_id):
-        tensors = collate(chunk, pad_id)
-        clock.count(tensors["attention_mask"])
+    def counting_collate(chunk, pad_id, share_prompt=False):
+        # tokens of the pairs (prompt + chosen + prompt + rejected), as TRL's collated mask
+        # counts them, whatever the layout: the packed one processes fewer
+        tensors = collate(chunk, pad_id, share_prompt)
+        clock.count(torch.tensor([2 * len(p.prompt) + len(p.chosen) + len(p.rejected)
+                                  for p in chunk]))
         return tensors
 
     def on_eval(line):

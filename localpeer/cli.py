@@ -22,6 +22,8 @@ the pipeline (each station reads files and writes files):
 examples:
   localpeer data validate data/personaknob-starter/    check PersonaKnob records
   localpeer data stats data/personaknob-starter/       masks, pairs, lengths
+  localpeer chat MODEL.gguf                         chat in the terminal; transcripts kept
+  localpeer generate MODEL.gguf --prompts F --out transcripts/   replies to a prompt file
   localpeer score transcripts/                      grade rated transcripts (MML, 1-5 scale)
   localpeer score ratings.csv --estimator jml       the Facets estimator on a ratings file
   localpeer score --selftest                        simulate, fit and show parameter recovery
@@ -255,6 +257,125 @@ def _add_export(sub) -> None:
     p.set_defaults(run=_lazy("localpeer.export.command", "run_export"))
 
 
+CHAT_EPILOG = """\
+Chat with a GGUF in the terminal (llama-cpp-python). Replies stream as they are written; every
+completed turn is appended to a transcript in --transcripts (default transcripts/) and fsynced,
+so `localpeer score transcripts/` can grade it and a crash loses at most the turn in flight.
+The chat template comes from the GGUF and is rendered in a sandbox; a template that reaches for
+Python internals is refused (exit 2). The context is the GGUF's trained length (capped at 8192)
+or --ctx; when a conversation outgrows it, the oldest turns are left out with a notice.
+
+In the chat: /help /system TEXT /reset /retry /undo /save [FILE] /load FILE /quit;
+\"\"\" on its own line starts and ends multi-line input; Ctrl-C stops a reply.
+
+examples:
+  localpeer chat models/gguf/peer-smollm2-135m/peer-smollm2-135m-Q8_0.gguf
+  localpeer chat MODEL.gguf --system "Be direct." --temperature 0.3 --ctx 4096
+  localpeer chat MODEL.gguf -p "Is it safe to give honey to a six-month-old?"
+"""
+
+GENERATE_EPILOG = """\
+Replies to every prompt of a JSONL file (lines with "id" and "messages" or "prompt", so
+PersonaKnob records work as they are), appended to DIR/<model>.jsonl as transcripts with ids
+<model>/<item>/s<k>. Rerunning skips the ids already written (resume after Ctrl-C or a crash);
+sample k of an item always gets the same seed.
+
+examples:
+  localpeer generate MODEL.gguf --prompts data/personaknob-starter/test.jsonl --out transcripts/
+  localpeer generate MODEL.gguf --prompts probes.jsonl --out transcripts/ --samples 3 --seed 7
+"""
+
+
+def _sampler_flags(p) -> None:
+    p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
+    p.add_argument("--top-k", type=int, default=40, help="default 40")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="default 1.0 (off)")
+    p.add_argument("--max-tokens", type=int, default=512, help="per reply (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--ctx", type=int, default=0, metavar="N",
+                   help="context tokens (default: the GGUF's trained context, at most 8192)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: llama.cpp's)")
+
+
+def _add_chat(sub) -> None:
+    p = sub.add_parser("chat", help="chat with a GGUF in the terminal; transcripts kept",
+                       description="Chat with a GGUF model; every turn is saved.",
+                       epilog=CHAT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, metavar="MODEL.gguf")
+    p.add_argument("--system", metavar="TEXT", help="system message")
+    p.add_argument("-p", "--prompt", metavar="TEXT", help="one message, print the reply, exit")
+    p.add_argument("--transcripts", type=Path, default=Path("transcripts"), metavar="DIR",
+                   help="where transcripts go (default transcripts/)")
+    p.add_argument("--no-save", action="store_true", help="keep no transcript")
+    p.add_argument("--name", metavar="NAME", help="model name in transcripts (default: file stem)")
+    _sampler_flags(p)
+    p.set_defaults(run=_lazy("localpeer.chat.repl", "run_chat"))
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="replies to a file of prompts, as transcripts; resumable",
+                       description="Generate replies to a JSONL of prompts.",
+                       epilog=GENERATE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", type=Path, metavar="MODEL.gguf")
+    p.add_argument("--prompts", type=Path, required=True, metavar="FILE",
+                   help="JSONL: id + messages or prompt")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="transcripts folder")
+    p.add_argument("--samples", type=int, default=1, help="replies per prompt (default 1)")
+    p.add_argument("--system", metavar="TEXT", help="system message for prompts without one")
+    p.add_argument("--name", metavar="NAME", help="model name (default: the GGUF file stem)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N prompts")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _sampler_flags(p)
+    p.set_defaults(run=_lazy("localpeer.chat.generate", "run_generate"))
+
+
+JUDGE_EPILOG = """\
+Grade every transcript under DIR on anti-sycophancy (A), trustworthiness (T), empathy (E) and
+creativity (C), with rubrics that describe every score level. Local GGUF judges answer through
+a JSON-schema grammar ({"score": int, "rationale": str}); OpenAI-compatible servers
+(llama-server, vLLM, Ollama) get the same schema as response_format. The transcript is
+delimited and the judge told to ignore instructions inside it. Output that does not parse is
+retried (--tries), then recorded in DIR/ratings/<judge>.missing, never guessed. Ratings are
+appended to DIR/ratings/<judge>:<rubric>.jsonl; a rerun skips what is there.
+
+--rubric standard,contrast makes each judge two judges: the same model with two phrasings of
+the rubric, labelled <judge>:standard and <judge>:contrast.
+
+examples:
+  localpeer judge transcripts/ --judge models/gguf/judge/judge-Q8_0.gguf
+  localpeer judge transcripts/ --judge qwen=http://localhost:8080/v1#qwen2.5-7b --judge local=J.gguf
+  localpeer judge transcripts/ --judge J.gguf --rubric standard,contrast --dims A,T
+then: localpeer score transcripts/
+"""
+
+
+def _add_judge(sub) -> None:
+    p = sub.add_parser("judge", help="rate transcripts on A, T, E, C with local or HTTP judges",
+                       description="Rate transcripts with LLM judges.", epilog=JUDGE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", type=Path, metavar="DIR", help="a transcripts folder")
+    p.add_argument("--judge", action="append", required=True, metavar="[NAME=]MODEL.gguf|URL#MODEL",
+                   help="a judge; repeat for several")
+    p.add_argument("--rubric", default="standard", help="standard, contrast or both "
+                   "(comma-separated; default standard)")
+    p.add_argument("--dims", default="A,T,E,C", help="dimensions (default A,T,E,C)")
+    p.add_argument("--scale", default="1-5", help="score scale (default 1-5)")
+    p.add_argument("--tries", type=int, default=3, help="tries per grade before 'missing'")
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="judge sampling temperature (default 0: greedy); the score is sampled "
+                   "from the grammar-constrained distribution")
+    p.add_argument("--limit", type=int, default=0, help="only the first N transcripts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ctx", type=int, default=4096, help="local judges' context (default 4096)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_lazy("localpeer.judge.command", "run_judge"))
+
+
 def _lazy(module: str, function: str):
     """A runner that imports its module only when the command runs."""
     def run(args) -> int:
@@ -283,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_chat(sub)
+    _add_generate(sub)
+    _add_judge(sub)
     _add_score(sub)
     return parser
 

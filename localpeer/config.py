@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0  # data order, LoRA init and dropout
     optimizer: str = "auto"  # auto (paged 8-bit AdamW on CUDA, else adamw) | paged_adamw_8bit
     cache_reference: bool = True  # precompute reference log-probs once, cached on disk
+    share_prompt: bool = True  # one packed row per prompt (prompt once, golden once); peft only
 
 
 @dataclass(frozen=True)

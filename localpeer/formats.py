@@ -107,9 +107,10 @@ def _read_text(path: Path) -> str:
                          "save the file as UTF-8", path, line) from None
 
 
-def jsonl_records(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line of a JSONL file."""
-    for line, text in enumerate(_read_text(path).split("\n"), start=1):
+def jsonl_records(path: Path, text: str | None = None) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file (or of its `text`)."""
+    body = _read_text(path) if text is None else text
+    for line, text in enumerate(body.split("\n"), start=1):  # noqa: B020 (body is split first)
         if not text.strip():
             continue
         try:
@@ -250,9 +251,28 @@ def _make_transcript(obj: dict, path: Path, line: int) -> Transcript:
 
 
 def read_transcripts(path: Path) -> list[Transcript]:
-    """Every conversation in one transcripts JSONL file (blank lines skipped)."""
+    """Every conversation in one transcripts JSONL file (blank lines skipped). Within a file, a
+    later line with the same id supersedes the earlier one: `localpeer chat` appends the whole
+    conversation after every turn, so the last line of an id is the conversation. A torn last
+    line (a crash mid-write, no final newline) is left out with a warning."""
     path = Path(path)
-    transcripts = [_make_transcript(obj, path, line) for line, obj in jsonl_records(path)]
+    text = _read_text(path)
+    end = len(text.rstrip("\n"))
+    records = jsonl_records(path)
+    if text and not text.endswith("\n") and "\n" in text[:end]:
+        try:
+            json.loads(text[text.rfind("\n", 0, end) + 1:])
+        except json.JSONDecodeError:
+            torn = text.count("\n") + 1
+            log.warning("%s:%d: an incomplete last line (a crash mid-write?) is left out",
+                        path, torn)
+            records = ((n, o) for n, o in jsonl_records(path, text[:text.rfind("\n") + 1]))
+    by_id: dict[str, Transcript] = {}
+    for line, obj in records:
+        t = _make_transcript(obj, path, line)
+        by_id.pop(t.id, None)
+        by_id[t.id] = t
+    transcripts = sorted(by_id.values(), key=lambda t: _where(t.source)[1])
     log.debug("%s: %d transcripts", path, len(transcripts))
     return transcripts
 

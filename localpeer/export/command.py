@@ -2,9 +2,10 @@
 
     localpeer export runs/smollm2-135m-cpu --adapter
 
-Merges the run's adapter into the fp32 base, converts with llama.cpp's converter (F32 for the
-checks, F16 kept), quantizes in-process, checks parity against the merged HF model and only
-then renames every file into the export folder; export.json is written last.
+Merges the run's adapter into the fp32 base, converts once with llama.cpp's converter (F32: for
+the checks and as the source of every other type), quantizes in-process (F16 included), checks
+parity against the merged HF model and only then renames every file into the export folder;
+export.json is written last.
 """
 
 from __future__ import annotations
@@ -163,12 +164,12 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
                             work / "merged-hf", model=model)
         tok, ref = _reference(stages, model, base_dir)
         del model
-        files = {"F32": work / f"{name}-F32.gguf", "F16": work / f"{name}-F16.gguf"}
-        for t in ("F32", "F16"):
-            stages.run(f"convert to {t}", converter.convert_model, merged, files[t], t.lower(),
-                       conv)
+        # one converter run (F32: the parity reference's twin and the source of every other
+        # type); F16 is then a quantize like the rest, in-process, not a second conversion
+        files = {"F32": work / f"{name}-F32.gguf"}
+        stages.run("convert to F32", converter.convert_model, merged, files["F32"], "f32", conv)
         notes = []
-        for q in quants:
+        for q in ("F16", *quants):
             files[q], note = stages.run(f"quantize to {q}", quantize, files["F32"],
                                         work / f"{name}-{q}.gguf", q)
             if note:

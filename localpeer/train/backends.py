@@ -34,6 +34,7 @@ class Policy:
     device: torch.device
     quantized: bool
     source: Path | None = None  # the base model folder (keys the reference cache)
+    share_prompt: bool = False  # batches in the packed shared-prompt layout (logps.collate)
 
 
 def resolve_backend(recipe: Recipe) -> str:
@@ -122,7 +123,10 @@ def _load_peft(recipe: Recipe, path: Path, device: torch.device, card_targets) -
                              target_modules=lora_targets(recipe, model, card_targets),
                              layers_to_transform=layers)
     model = peft.get_peft_model(model, config)
-    return Policy(model, tokenizer, "peft", device, quantized)
+    # the packed layout needs a dense 4-D mask, which sdpa and eager attention take as is
+    packed = getattr(model.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+    return Policy(model, tokenizer, "peft", device, quantized,
+                  share_prompt=recipe.train.share_prompt and packed)
 
 
 def _load_unsloth(recipe: Recipe, path: Path, card_targets) -> Policy:

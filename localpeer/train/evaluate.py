@@ -33,7 +33,7 @@ def evaluate(policy: Policy, pairs: list[TokenizedPair], ref: torch.Tensor, dims
     with torch.no_grad():
         for start in range(0, len(pairs), recipe.train.batch_size):
             chunk = pairs[start:start + recipe.train.batch_size]
-            pc, pr = sequence_logps(policy.model, collate(chunk, pad_id))
+            pc, pr = sequence_logps(policy.model, collate(chunk, pad_id, policy.share_prompt))
             r = ref[start:start + len(chunk)].to(pc.device)
             h = lagdpo.dpo_margins(pc, pr, r[:, 0], r[:, 1], recipe.dpo.beta)
             losses.append(lagdpo.LOSSES[recipe.dpo.loss](h, recipe.dpo.beta).cpu())

@@ -76,8 +76,12 @@ def tokenize_pairs(tokenizer, pairs: list[Pair], dims: tuple[str, ...], max_leng
     return out, cut
 
 
-def collate(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
-    """2B right-padded sequences, chosen first then rejected, with a response-token mask."""
+def collate(pairs: list[TokenizedPair], pad_id: int,
+            share_prompt: bool = False) -> dict[str, torch.Tensor]:
+    """2B right-padded sequences, chosen first then rejected, with a response-token mask; with
+    `share_prompt`, the packed layout of `collate_shared` instead."""
+    if share_prompt:
+        return collate_shared(pairs, pad_id)
     seqs, masks = [], []
     for side in ("chosen", "rejected"):
         for p in pairs:
@@ -93,6 +97,70 @@ def collate(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
         attention[k, : len(s)] = 1
         response_mask[k, : len(m)] = torch.tensor(m, dtype=torch.bool)
     return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response_mask}
+
+
+def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.Tensor]:
+    """One row per distinct prompt: the prompt once, then each distinct response of that prompt
+    (a golden shared by several pairs of one record appears once), with a block attention mask:
+    every response sees the prompt and its own earlier tokens, never another response, and its
+    positions continue from the end of the prompt as if it stood alone. The log-probs equal
+    those of `collate`'s separate sequences; the prompt is computed once, not twice per pair.
+
+    Keys: input_ids, position_ids, attention_mask (G, T) real tokens; block_mask (G, T, T) bool;
+    per response token: tok_row, tok_src (the position whose logits predict it: the previous
+    token, or the prompt's last token for a response's first), tok_target, tok_seq; and
+    chosen_idx / rejected_idx (B,) into the distinct sequences."""
+    rows: dict[tuple, list] = {}  # prompt -> [prompt ids, {response: seq index}]
+    seq_of: list[tuple[int, int]] = []
+    n_seq = 0
+    for p in pairs:
+        entry = rows.setdefault(tuple(p.prompt), [p.prompt, {}])
+        pair_seqs = []
+        for response in (p.chosen, p.rejected):
+            key = tuple(response)
+            if key not in entry[1]:
+                entry[1][key] = n_seq
+                n_seq += 1
+            pair_seqs.append(entry[1][key])
+        seq_of.append(tuple(pair_seqs))
+    width = max(len(prompt) + sum(len(r) for r in resp) for prompt, resp in rows.values())
+    G = len(rows)
+    input_ids = torch.full((G, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((G, width), dtype=torch.long)
+    attention = torch.zeros((G, width), dtype=torch.long)
+    block = torch.zeros((G, width, width), dtype=torch.bool)
+    tok_row, tok_src, tok_target, tok_seq = [], [], [], []
+    for g, (prompt, responses) in enumerate(rows.values()):
+        lp = len(prompt)
+        input_ids[g, :lp] = torch.tensor(prompt)
+        position_ids[g, :lp] = torch.arange(lp)
+        block[g, :lp, :lp] = torch.ones(lp, lp, dtype=torch.bool).tril()
+        start = lp
+        for response, seq in responses.items():
+            n = len(response)
+            end = start + n
+            input_ids[g, start:end] = torch.tensor(response)
+            position_ids[g, start:end] = torch.arange(lp, lp + n)
+            block[g, start:end, :lp] = True
+            block[g, start:end, start:end] = torch.ones(n, n, dtype=torch.bool).tril()
+            tok_row += [g] * n
+            tok_src += [lp - 1] + list(range(start, end - 1))
+            tok_target += list(response)
+            tok_seq += [seq] * n
+            start = end
+        attention[g, :start] = 1
+        block[g, start:, :].zero_()
+        idx = torch.arange(start, width)
+        block[g, idx, idx] = True  # padding attends to itself: no fully masked row
+    as_long = {"dtype": torch.long}
+    return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention,
+            "block_mask": block, "tok_row": torch.tensor(tok_row, **as_long),
+            "tok_src": torch.tensor(tok_src, **as_long),
+            "tok_target": torch.tensor(tok_target, **as_long),
+            "tok_seq": torch.tensor(tok_seq, **as_long),
+            "n_seq": torch.tensor(n_seq),
+            "chosen_idx": torch.tensor([c for c, _ in seq_of], **as_long),
+            "rejected_idx": torch.tensor([r for _, r in seq_of], **as_long)}
 
 
 LOGP_CHUNK = 256  # positions per chunk of the log-softmax
@@ -122,6 +190,8 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen (B,), rejected (B,)) log-probs summed over response tokens, one forward pass."""
     device = next(model.parameters()).device
+    if "block_mask" in batch:
+        return _shared_sequence_logps(model, batch, device)
     input_ids = batch["input_ids"].to(device)
     logits = model(input_ids=input_ids,
                    attention_mask=batch["attention_mask"].to(device)).logits[:, :-1]
@@ -131,7 +201,27 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return seq[:half], seq[half:]
 
 
+def _shared_sequence_logps(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = model.get_input_embeddings().weight.dtype
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    allowed = batch["block_mask"].to(device).unsqueeze(1)  # (G, 1, T, T), heads broadcast
+    additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    additive.masked_fill_(~allowed, torch.finfo(dtype).min)
+    src = batch["tok_src"].to(device)
+    keep = torch.unique(src)  # sorted: logits only where some response token is predicted
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=additive,
+                   position_ids=batch["position_ids"].to(device), logits_to_keep=keep).logits
+    picked = logits[batch["tok_row"].to(device), torch.searchsorted(keep, src)]  # (N, V)
+    lp = token_logps(picked.unsqueeze(0), batch["tok_target"].to(device).unsqueeze(0))[0]
+    seq = torch.zeros(int(batch["n_seq"]), dtype=lp.dtype, device=device)
+    seq = seq.index_add(0, batch["tok_seq"].to(device), lp)
+    return seq[batch["chosen_idx"].to(device)], seq[batch["rejected_idx"].to(device)]
+
+
 def response_tokens(batch: dict[str, torch.Tensor]) -> int:
+    if "tok_seq" in batch:
+        return len(batch["tok_seq"])
     return int(batch["response_mask"].sum())
 
 

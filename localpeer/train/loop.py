@@ -38,7 +38,7 @@ from localpeer.train.checkpoint import (
 from localpeer.train.evaluate import evaluate, stratified_subset
 from localpeer.train.logps import TokenizedPair, collate, sequence_logps, tokenize_pairs
 from localpeer.train.reference import compute_reference, reference_logps
-from localpeer.train.sampler import StratifiedSampler
+from localpeer.train.sampler import RecordSampler, StratifiedSampler
 
 log = logging.getLogger(__name__)
 
@@ -253,14 +253,15 @@ def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: to
     K = len(data.dims)
     loss_fn = lagdpo.LOSSES[recipe.dpo.loss]
     step_counts = torch.bincount(torch.tensor([data.train[i].dim for i in batch]), minlength=K)
-    mine = batch[dist.rank::dist.world]
+    share = -(-len(batch) // dist.world)  # contiguous shares keep a record's pairs together
+    mine = batch[dist.rank * share:(dist.rank + 1) * share]
     micro = max(len(mine) // recipe.train.grad_accum, 1)
     sums = [torch.zeros(K, dtype=torch.float64) for _ in range(3)]
     tokens, total = 0, 0.0
     for m in range(0, len(mine), micro):
         ids = mine[m:m + micro]
         chunk = [data.train[i] for i in ids]
-        tensors = collate(chunk, pad_id)
+        tensors = collate(chunk, pad_id, policy.share_prompt)
         if ref_train is None:  # reference forward with the adapter off, per batch
             ref = compute_reference(policy, chunk, len(chunk), pad_id)
         pc, pr = sequence_logps(policy.model, tensors)
@@ -301,7 +302,12 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
     ref_train = reference_logps(policy, data.train, recipe, pad_id, "train") if cached else None
     ref_test = reference_logps(policy, data.test, recipe, pad_id, "test")
     global_batch = recipe.train.batch_size * recipe.train.grad_accum * dist.world
-    sampler = StratifiedSampler([p.dim for p in data.train], K, global_batch, recipe.train.seed)
+    dim_of_pair = [p.dim for p in data.train]
+    if policy.share_prompt:
+        sampler = RecordSampler(dim_of_pair, [p.record_id for p in data.train], K, global_batch,
+                                recipe.train.seed)
+    else:
+        sampler = StratifiedSampler(dim_of_pair, K, global_batch, recipe.train.seed)
     optimizer = make_optimizer(recipe, policy)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe))
     lag_cfg = lagdpo.LagrangianConfig(**vars(recipe.lagrangian))

@@ -65,7 +65,7 @@ def compute_reference(policy, pairs: list[TokenizedPair], batch_size: int,
     with torch.no_grad(), policy.model.disable_adapter():
         for start in range(0, len(pairs), batch_size):
             pc, pr = sequence_logps(policy.model, collate(pairs[start:start + batch_size],
-                                                          pad_id))
+                                                          pad_id, policy.share_prompt))
             out.append(torch.stack([pc, pr], dim=1).float().cpu())
     policy.model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 2)

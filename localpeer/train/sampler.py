@@ -66,3 +66,82 @@ class StratifiedSampler:
         self.rng.bit_generator.state = state["rng"]
         self.order = [list(o) for o in state["order"]]
         self.pos = list(state["pos"])
+
+
+class RecordSampler:
+    """Stratified global batches that keep the pairs of one record together.
+
+    The per-dimension quotas are those of `StratifiedSampler`, so every dimension with pairs is
+    in every step. Records come from a seeded permutation, renewed each pass; a record's pairs
+    fill the quotas of their dimensions, and pairs whose dimension is already full wait (in
+    order) at the front of the next batch. Kept together, the pairs of one record share one
+    prompt and one golden in the packed layout (`logps.collate_shared`): a record with m pairs
+    costs one prompt and m + 1 responses instead of m prompts and 2m responses.
+    """
+
+    MAX_WAITING = 4  # global batches' worth of waiting pairs; older ones wait for the next pass
+
+    def __init__(self, dim_of_pair: list[int], record_of_pair: list[str], n_dims: int,
+                 batch: int, seed: int):
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(record_of_pair):
+            groups.setdefault(r, []).append(i)
+        self.groups = list(groups.values())
+        self.record = list(record_of_pair)
+        self.dim = list(dim_of_pair)
+        self.quota = quotas([self.dim.count(k) for k in range(n_dims)], batch)
+        self.batch = batch
+        self.rng = np.random.default_rng(seed)
+        self.order = list(self.rng.permutation(len(self.groups)))
+        self.pos = 0
+        self.waiting: list[int] = []
+
+    def _next_group(self) -> list[int]:
+        if self.pos >= len(self.order):
+            self.order = list(self.rng.permutation(len(self.groups)))
+            self.pos = 0
+        g = self.groups[self.order[self.pos]]
+        self.pos += 1
+        return g
+
+    def next_batch(self) -> list[int]:
+        """Pair indices of one global batch; pairs of a record are adjacent."""
+        need = list(self.quota)
+        out, still = [], []
+        for i in self.waiting:
+            if need[self.dim[i]] > 0:
+                out.append(i)
+                need[self.dim[i]] -= 1
+            else:
+                still.append(i)
+        queued = set(out) | set(still)  # a record drawn again in a new pass: no pair twice
+        for _ in range(2 * len(self.groups) + 1):
+            if not any(need):
+                break
+            for i in self._next_group():
+                if i in queued:
+                    continue
+                queued.add(i)
+                if need[self.dim[i]] > 0:
+                    out.append(i)
+                    need[self.dim[i]] -= 1
+                else:
+                    still.append(i)
+        if any(need):
+            raise ValueError(f"a global batch of {self.batch} pairs needs more pairs of some "
+                             "dimension than the data has; lower train.batch_size")
+        self.waiting = still[-self.MAX_WAITING * self.batch:]
+        first = {}
+        for i in out:
+            first.setdefault(self.record[i], len(first))
+        return sorted(out, key=lambda i: first[self.record[i]])  # stable: a record's pairs adjacent
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state, "order": [int(x) for x in self.order],
+                "pos": self.pos, "waiting": [int(i) for i in self.waiting]}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = list(state["order"])
+        self.pos = state["pos"]
+        self.waiting = list(state["waiting"])

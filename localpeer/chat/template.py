@@ -1,0 +1,83 @@
+"""The chat template of a GGUF, rendered in a sandboxed Jinja environment.
+
+A GGUF carries its Jinja chat template in the metadata (`tokenizer.chat_template`). A template is
+code from a file someone downloaded, so it is rendered by jinja2's ImmutableSandboxedEnvironment:
+attribute access to Python internals (`__class__`, `__globals__`, ...) and mutation of the
+messages raise instead of running. A template that is refused, or that does not render a
+sample conversation, is an input error (exit 2) before any chat starts.
+
+    from localpeer.chat.template import ChatTemplate
+    template = ChatTemplate.from_metadata(llm.metadata, path)
+    text = template.render(messages, add_generation_prompt=True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from localpeer.errors import InputError
+
+# what llama.cpp itself falls back to when a GGUF has no template
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + "
+          "message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+_PROBE = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+          {"role": "assistant", "content": "a"}, {"role": "user", "content": "v"}]
+
+
+class _TemplateRaised(Exception):
+    """The template called raise_exception(...) (e.g. 'roles must alternate')."""
+
+
+def _raise_exception(message: str):
+    raise _TemplateRaised(message)
+
+
+@dataclass
+class ChatTemplate:
+    source: str  # the Jinja text
+    bos_token: str
+    eos_token: str
+    origin: str  # "gguf" or "chatml fallback"
+    path: str = ""
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.source.encode("utf-8")).hexdigest()
+
+    @classmethod
+    def from_metadata(cls, metadata: dict, path: str | Path, bos: str = "",
+                      eos: str = "") -> ChatTemplate:
+        """The GGUF's template, compiled and tried on a sample conversation."""
+        source = metadata.get("tokenizer.chat_template")
+        template = cls(source or CHATML, bos, eos, "gguf" if source else "chatml fallback",
+                       str(path))
+        template.render(_PROBE, add_generation_prompt=True)  # refuse a bad template up front
+        return template
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        from jinja2 import TemplateError
+        from jinja2.exceptions import SecurityError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                           extensions=["jinja2.ext.loopcontrols"])
+        env.globals.update(raise_exception=_raise_exception,
+                           strftime_now=lambda fmt: datetime.now().strftime(fmt))
+        where = f"the chat template in {self.path}" if self.path else "the chat template"
+        try:
+            return env.from_string(self.source).render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token, eos_token=self.eos_token)
+        except SecurityError as e:
+            raise InputError(f"{where} tried to reach Python internals and was refused, not run "
+                             f"({e}); use a GGUF whose tokenizer.chat_template is plain Jinja, or "
+                             "re-export the model") from None
+        except _TemplateRaised as e:
+            raise InputError(f"{where} rejected the conversation: {e}") from None
+        except TemplateError as e:
+            raise InputError(f"{where} does not render ({type(e).__name__}: {e}); fix "
+                             "tokenizer.chat_template in the GGUF") from None
