@@ -43,6 +43,10 @@ pull card="smollm2-135m-instruct":
 train recipe="recipes/gpu-12gb.yaml" *overrides:
     {{python}} -m localpeer train {{recipe}} {{overrides}}
 
+# the whole pipeline on the embedded SmolLM2-135M (CPU, about 20 minutes): train, export, generate, judge, score, probe, report
+demo *args: setup
+    .venv/bin/python -m localpeer.demo {{args}}
+
 # chat with a GGUF in the terminal: just chat models/gguf/peer-smollm2-135m/peer-smollm2-135m-Q8_0.gguf
 chat model *args:
     {{python}} -m localpeer chat {{model}} {{args}}

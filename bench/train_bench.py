@@ -13,8 +13,11 @@ double quantization, compute dtype float32, bitsandbytes' CPU backend) with the 
 size, sequence length, AdamW, lr, beta = 0.1 and sigmoid loss. Four runs, each in its own fresh
 subprocess (so peak RSS is its own) with one BLAS/OpenMP thread:
 
-  localpeer  cached ref      train.cache_reference=true: reference log-probs of all train pairs
-                             computed once before the loop (adapter disabled), disk cache cold
+  localpeer  cached ref      train.cache_reference=true: each train pair's reference log-probs
+                             computed the first time the pair is drawn (a no-grad forward over
+                             the micro-batch's new pairs, adapter disabled), then cached; disk
+                             cache cold, so in a run shorter than an epoch every step pays it,
+                             inside the timed loop
   localpeer  ref per batch   train.cache_reference=false: a no-grad reference forward with the
                              adapter disabled on every micro-batch
   TRL        ref per batch   DPOTrainer's default with peft: reference forward per batch,
@@ -25,8 +28,9 @@ What is timed: the optimizer steps 2..N (the end of step 1 to the end of step N,
 tool's own per-step callback: localpeer's `on_step`, a `TrainerCallback.on_step_end` for TRL), so
 model load, tokenization and the first step's warm-up are out for both. In the cached modes the
 reference pass over all train pairs is ADDED to that time (the loop alone is shown too): for
-localpeer the wall time of `reference_logps(..., "train")`, for TRL that of
-`DPOTrainer._precompute_ref_logps(..., "train")`. pairs/s = (N-1) * batch / time. tokens/s =
+TRL the wall time of `DPOTrainer._precompute_ref_logps(..., "train")`; localpeer has no such
+pass (its lazy reference forwards are inside the loop; step 1's, 4 of 92 pairs, is outside the
+timed region, as is step 1 of every run). pairs/s = (N-1) * batch / time. tokens/s =
 non-pad tokens of the timed steps' batches (prompt+chosen + prompt+rejected, after truncation,
 i.e. the sum of the collated attention mask; a reference forward over the same tokens is not
 counted again) / time. Peak RSS = the child's VmHWM from just after the model is loaded

@@ -376,6 +376,79 @@ def _add_judge(sub) -> None:
     p.set_defaults(run=_lazy("localpeer.judge.command", "run_judge"))
 
 
+PROBE_EPILOG = """\
+Dual-failure probes (METHOD.md §4), written for localpeer as data files:
+  sycophancy  72 questions with verifiable answers, then "I'm quite sure it's X": sycophancy
+              rate (share of correct first answers that flip) and consistency
+  refusal     66 benign requests that look risky and 44 clearly harmful ones: safe compliance
+              and unsafe refusal, decided by --judge, with a refusal-phrase pattern check beside
+  select      per-dimension selection accuracy on PersonaKnob test pairs from log-likelihoods
+              (GGUF or HF folder; no judge)
+Every exchange is appended to OUT/<model>-<suite>.jsonl (a rerun resumes); the metrics go to
+OUT/<model>-<suite>.json, which `localpeer report` reads.
+
+examples:
+  localpeer probe models/gguf/peer-smollm2-135m/peer-smollm2-135m-Q8_0.gguf --suite sycophancy
+  localpeer probe MODEL.gguf --suite refusal --judge models/gguf/judge/judge-Q8_0.gguf
+  localpeer probe models/hf/smollm2-135m-instruct --suite select
+"""
+
+
+def _add_probe(sub) -> None:
+    p = sub.add_parser("probe", help="sycophancy, over-/under-refusal and selection probes",
+                       description="Measure the dual failure: sycophancy and refusal.",
+                       epilog=PROBE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL.gguf|HF_DIR")
+    p.add_argument("--suite", required=True, help="sycophancy, refusal or select")
+    p.add_argument("--judge", metavar="[NAME=]MODEL.gguf|URL#MODEL",
+                   help="decides refusals (refusal suite); without it only the pattern check")
+    p.add_argument("--out", type=Path, default=Path("runs") / "probes", metavar="DIR",
+                   help="where exchanges and results go (default runs/probes)")
+    p.add_argument("--name", help="model name (default: file stem or folder name)")
+    p.add_argument("--pairs", type=Path, default=Path("data/personaknob-starter/test.jsonl"),
+                   help="PersonaKnob records for --suite select")
+    p.add_argument("--limit", type=int, default=0, help="only the first N items (per half)")
+    p.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy)")
+    p.add_argument("--max-tokens", type=int, default=160, help="per reply (default 160)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ctx", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="print the result JSON on stdout")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(run=_lazy("localpeer.probes.command", "run_probe"))
+
+
+REPORT_EPILOG = """\
+One report with base and trained side by side: θ per dimension with 95% CIs (from
+`localpeer score --json`), judge severities, the dual-failure rates and selection accuracy
+(from `localpeer probe`), the training curves (λ and per-dimension accuracy from
+metrics.jsonl) and the export parity (export.json). A folder's report.json names the parts
+(`just demo` writes one); flags override it.
+
+examples:
+  localpeer report runs/demo
+  localpeer report runs/demo --html runs/demo/report.html
+  localpeer report runs/smollm2-135m-cpu
+  localpeer report out/ --base base --trained peer --score out/score.json --probes out/probes
+"""
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="base vs trained: θ, dual failure, curves, parity",
+                       description="The side-by-side report.", epilog=REPORT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", type=Path, metavar="RUN_DIR|DIR")
+    p.add_argument("--base", help="the base model's name in ratings and probes")
+    p.add_argument("--trained", help="the trained model's name")
+    p.add_argument("--score", help="score JSON (default DIR/score.json)")
+    p.add_argument("--probes", help="probe results folder (default DIR/probes)")
+    p.add_argument("--run", dest="run_folder", help="the training run folder")
+    p.add_argument("--export", help="the export folder (export.json)")
+    p.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
+    p.add_argument("--width", type=int, default=None, help="terminal width for the report")
+    p.set_defaults(run=_lazy("localpeer.report.command", "run_report"))
+
+
 def _lazy(module: str, function: str):
     """A runner that imports its module only when the command runs."""
     def run(args) -> int:
@@ -407,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chat(sub)
     _add_generate(sub)
     _add_judge(sub)
+    _add_probe(sub)
+    _add_report(sub)
     _add_score(sub)
     return parser
 

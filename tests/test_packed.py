@@ -89,3 +89,30 @@ def test_record_sampler_fills_quotas_and_keeps_records_together():
     again = RecordSampler(dims, records, 4, 8, seed=123)
     again.load_state(state)
     assert [sampler.next_batch() for _ in range(5)] == [again.next_batch() for _ in range(5)]
+
+
+def test_lazy_reference_equals_the_full_pass_and_computes_only_what_is_used(tiny, tmp_path,
+                                                                            monkeypatch):
+    from localpeer.config import load_recipe
+    from localpeer.train import reference
+    from localpeer.train.backends import load_policy
+
+    monkeypatch.setattr(reference, "CACHE", tmp_path / "cache")
+    recipe = load_recipe(None, ["model=x", "lora.rank=4"])
+    policy = load_policy(recipe, tiny)
+    pairs = record_pairs()
+    full = reference.compute_reference(policy, pairs, len(pairs), 0)
+    lazy = reference.LazyReference(policy, pairs, recipe, 0)
+    calls = []
+    real = reference.compute_reference
+    monkeypatch.setattr(reference, "compute_reference",
+                        lambda pol, ps, bs, pad: calls.append(len(ps)) or real(pol, ps, bs, pad))
+    got = lazy.get([0, 2], [pairs[0], pairs[2]])
+    assert torch.allclose(got, full[[0, 2]], atol=1e-5) and lazy.known == 2
+    lazy.get([2, 3], [pairs[2], pairs[3]])
+    assert calls == [2, 1]  # pair 2 came from the cache
+    lazy.save()
+    again = reference.LazyReference(policy, pairs, recipe, 0)  # a later run: from disk
+    assert again.known == 3 and torch.isnan(again.logps[1]).all()
+    assert torch.allclose(again.get([3, 0], [pairs[3], pairs[0]]), full[[3, 0]], atol=1e-5)
+    assert calls == [2, 1]

@@ -46,8 +46,9 @@ def fallback_note(name: str, quant_log: str) -> str | None:
     if not fallback:
         return None
     bpw = re.search(r"quant size\s*=\s*[\d.]+ MiB \(([\d.]+) BPW\)", quant_log)
-    return (f"{name}: {fallback[1]} of {fallback[2]} tensors used a fallback type because "
-            f"their rows are not a multiple of {KQUANT_ROW}"
+    why = (f"because their rows are not a multiple of {KQUANT_ROW}" if "_K" in name else
+           "(llama.cpp's quantize log names them)")
+    return (f"{name}: {fallback[1]} of {fallback[2]} tensors used a fallback type {why}"
             + (f"; effective {bpw[1]} bits per weight" if bpw else ""))
 
 

@@ -37,7 +37,11 @@ from localpeer.train.checkpoint import (
 )
 from localpeer.train.evaluate import evaluate, stratified_subset
 from localpeer.train.logps import TokenizedPair, collate, sequence_logps, tokenize_pairs
-from localpeer.train.reference import compute_reference, reference_logps
+from localpeer.train.reference import (
+    LazyReference,
+    compute_reference,
+    reference_logps,
+)
 from localpeer.train.sampler import RecordSampler, StratifiedSampler
 
 log = logging.getLogger(__name__)
@@ -142,7 +146,10 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _save(run: Path, step, policy, optimizer, scheduler, sampler, duals, last_metrics):
+def _save(run: Path, step, policy, optimizer, scheduler, sampler, duals, last_metrics,
+          ref_train=None):
+    if ref_train is not None:
+        ref_train.save()
     tensors = {"lambdas": duals.lambdas, "loss_ema": duals.loss_ema,
                "seen": duals.seen.to(torch.uint8), "torch_rng": torch.get_rng_state()}
     path = save_checkpoint(run / "checkpoints", step, adapter_state(policy.model), optimizer,
@@ -246,7 +253,7 @@ def _truncate_metrics(run: Path, step: int) -> None:
 
 
 def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: torch.Tensor,
-                    ref_train: torch.Tensor | None, recipe: Recipe, dist: Dist, pad_id: int):
+                    ref_train: LazyReference | None, recipe: Recipe, dist: Dist, pad_id: int):
     """Forward and backward over this rank's share of one global batch, micro-batch by
     micro-batch. Returns the global per-dimension pair counts, the per-dimension sums of
     (loss, margin, h > 0) over all ranks, the step's weighted loss and this rank's tokens."""
@@ -264,8 +271,10 @@ def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: to
         tensors = collate(chunk, pad_id, policy.share_prompt)
         if ref_train is None:  # reference forward with the adapter off, per batch
             ref = compute_reference(policy, chunk, len(chunk), pad_id)
+        else:  # cached: computed the first time a pair is drawn
+            ref = ref_train.get(ids, chunk)
         pc, pr = sequence_logps(policy.model, tensors)
-        ref = (ref_train[ids] if ref_train is not None else ref).to(pc.device)
+        ref = ref.to(pc.device)
         h = lagdpo.dpo_margins(pc, pr, ref[:, 0], ref[:, 1], recipe.dpo.beta)
         losses = loss_fn(h, recipe.dpo.beta)
         dim_idx = torch.tensor([p.dim for p in chunk], device=h.device)
@@ -299,7 +308,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
     data = load_pairs(recipe, tok)
     dims, K = data.dims, len(data.dims)
     cached = recipe.train.cache_reference
-    ref_train = reference_logps(policy, data.train, recipe, pad_id, "train") if cached else None
+    ref_train = LazyReference(policy, data.train, recipe, pad_id) if cached else None
     ref_test = reference_logps(policy, data.test, recipe, pad_id, "test")
     global_batch = recipe.train.batch_size * recipe.train.grad_accum * dist.world
     dim_of_pair = [p.dim for p in data.train]
@@ -333,7 +342,8 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
             if stop.requested:
                 done = step - 1
                 if dist.rank == 0 and done > start:
-                    _save(run, done, policy, optimizer, scheduler, sampler, duals, last)
+                    _save(run, done, policy, optimizer, scheduler, sampler, duals, last,
+                          ref_train)
                 raise WorkFailed(f"interrupted; checkpoint at step {done} in "
                                  f"{run / 'checkpoints'}; continue with --resume")
             t0 = time.perf_counter()
@@ -372,7 +382,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
                     on_eval(line)
             if recipe.train.checkpoint_every and step % recipe.train.checkpoint_every == 0 \
                     and dist.rank == 0:
-                _save(run, step, policy, optimizer, scheduler, sampler, duals, last)
+                _save(run, step, policy, optimizer, scheduler, sampler, duals, last, ref_train)
     eval_after = evaluate(policy, data.test, ref_test, dims, recipe, pad_id)
     summary = {}
     if dist.rank == 0:
@@ -380,7 +390,8 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
         append_jsonl(run / "metrics.jsonl", line)
         if on_eval:
             on_eval(line)
-        _save(run, recipe.train.steps, policy, optimizer, scheduler, sampler, duals, last)
+        _save(run, recipe.train.steps, policy, optimizer, scheduler, sampler, duals, last,
+              ref_train)
         save_adapter(policy, run)
         summary = _summary(recipe, data, eval_before, eval_after, duals, dims)
         atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -3,6 +3,10 @@
 With `train.cache_reference` they are stored in runs/.reference-cache/<key>.safetensors, the
 key hashing the tokenized pairs (so data, tokenizer and truncation) and the base weights, the
 quantization and the dtype; a later run with the same key skips the reference forward passes.
+Training pairs are computed lazily (`LazyReference`): the first time a pair is drawn, in one
+no-grad forward over the micro-batch's new pairs, then kept (on disk at every checkpoint), so
+a run shorter than an epoch pays only for the pairs it uses and later epochs and runs pay
+nothing.
 
     from localpeer.train.reference import reference_logps
 """
@@ -84,3 +88,43 @@ def reference_logps(policy, pairs: list[TokenizedPair], recipe, pad_id: int,
     save_file({"logps": logps.contiguous()}, str(tmp))
     tmp.replace(path)
     return logps
+
+
+class LazyReference:
+    """Reference log-probs of the training pairs, each computed the first time it is used.
+
+    Rows not yet computed are NaN, on disk too; a complete file from `reference_logps` is
+    simply all known."""
+
+    def __init__(self, policy, pairs: list[TokenizedPair], recipe, pad_id: int):
+        self.policy, self.pad_id = policy, pad_id
+        self.path = CACHE / f"{cache_key(policy, pairs, recipe)}.safetensors"
+        self.logps = torch.full((len(pairs), 2), float("nan"))
+        if self.path.exists():
+            stored = load_file(str(self.path))["logps"]
+            if stored.shape == self.logps.shape:
+                self.logps = stored.clone()
+        self.dirty = False
+
+    @property
+    def known(self) -> int:
+        return int((~self.logps.isnan().any(dim=1)).sum())
+
+    def get(self, ids: list[int], chunk: list[TokenizedPair]) -> torch.Tensor:
+        """(len(ids), 2) for the pairs `ids` (whose tokenized pairs are `chunk`)."""
+        new = [k for k, i in enumerate(ids) if self.logps[i].isnan().any()]
+        if new:
+            values = compute_reference(self.policy, [chunk[k] for k in new], len(new),
+                                       self.pad_id)
+            self.logps[[ids[k] for k in new]] = values
+            self.dirty = True
+        return self.logps[ids]
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        save_file({"logps": self.logps.contiguous()}, str(tmp))
+        tmp.replace(self.path)
+        self.dirty = False

@@ -1,0 +1,89 @@
+"""`localpeer probe MODEL.gguf|HF_DIR --suite sycophancy|refusal|select`.
+
+    localpeer probe models/gguf/peer/peer-Q8_0.gguf --suite sycophancy --out runs/probes
+    localpeer probe MODEL.gguf --suite refusal --judge models/gguf/judge.gguf
+    localpeer probe models/hf/smollm2-135m-instruct --suite select
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from localpeer.errors import InputError
+
+SUITES = ("sycophancy", "refusal", "select")
+
+
+def run_probe(args) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from localpeer.formats import atomic_write_text
+    from localpeer.report.probes import probe_table
+
+    console = Console(stderr=True)
+    if args.suite not in SUITES:
+        raise InputError(f"--suite {args.suite}: choose one of {', '.join(SUITES)}")
+    model = Path(args.model)
+    if not model.exists():
+        raise InputError("no such model; pass a .gguf file or an HF model folder", model)
+    name = args.name or (model.stem if model.is_file() else model.name)
+    out = Path(args.out)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
+    with Progress(*columns, console=console, disable=args.quiet) as progress:
+        if args.suite == "select":
+            metrics = _select(args, model, progress)
+        else:
+            metrics = _chat_suite(args, model, name, out, progress)
+    result = {"model": name, "source": str(model), "suite": args.suite, **metrics}
+    path = out / f"{name}-{args.suite}.json"
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    if not args.quiet:
+        Console().print(probe_table(result))
+        console.print(f"results: {path}")
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
+def _select(args, model: Path, progress) -> dict:
+    from localpeer.data.personaknob import read_records, record_pairs
+    from localpeer.probes.select import selection_accuracy
+
+    pairs = [p for r in read_records(Path(args.pairs)) for p in record_pairs(r)]
+    if args.limit:
+        pairs = pairs[: args.limit]
+    if not pairs:
+        raise InputError("no pairs in the file", args.pairs)
+    task = progress.add_task("selection accuracy", total=len(pairs))
+    return selection_accuracy(model, pairs, threads=args.threads,
+                              on_pair=lambda: progress.advance(task))
+
+
+def _chat_suite(args, model: Path, name: str, out: Path, progress) -> dict:
+    from localpeer.chat.session import Sampler, load_engine
+    from localpeer.judge.backends import make_judge
+    from localpeer.probes import run, suites
+
+    if model.is_dir():
+        raise InputError(f"--suite {args.suite} chats with the model: pass a .gguf "
+                         "(`localpeer export` makes one); HF folders work with --suite select")
+    engine = load_engine(model, ctx=args.ctx, threads=args.threads,
+                         sampler=Sampler(temperature=args.temperature,
+                                         max_tokens=args.max_tokens, seed=args.seed))
+    if args.suite == "sycophancy":
+        items = suites.load_sycophancy()[: args.limit or None]
+        task = progress.add_task(f"sycophancy {name}", total=len(items))
+        return run.run_sycophancy(engine, items, out / f"{name}-sycophancy.jsonl", name,
+                                  on_item=lambda: progress.advance(task))
+    items = suites.load_refusal()
+    if args.limit:  # the first N of each half
+        items = ([i for i in items if not i.harmful][: args.limit]
+                 + [i for i in items if i.harmful][: args.limit])
+    judge = make_judge(args.judge, threads=args.threads) if args.judge else None
+    task = progress.add_task(f"refusal {name}", total=len(items))
+    metrics = run.run_refusal(engine, items, out / f"{name}-refusal.jsonl", name, judge,
+                              on_item=lambda: progress.advance(task))
+    metrics["judge"] = getattr(judge, "name", None)
+    return metrics
