@@ -275,10 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|")
     lp_self = max(r["self_mb"] for r in lp)
     lp_kid = max(r["children_mb"] for r in lp)
-    print(f"| localpeer export | total (merge, F32+F16 convert, quantize, parity) "
+    print(f"| localpeer export | total (merge, F32 convert, quantize, parity) "
           f"| {S['total']:.1f} | {lp_mb} (own {lp_self}, child {lp_kid}) | {lp_sum} |")
     print(f"| localpeer export | merge + save merged (stages) | {S['merge']:.1f} | | |")
-    print(f"| localpeer export | convert F32+F16 + quantize (stages) | {S['convert_quantize']:.1f}"
+    print(f"| localpeer export | convert F32 + quantize (stages) | {S['convert_quantize']:.1f}"
           f" | | |")
     print(f"| localpeer export | of which convert to F32 (for parity; quants are made from it) "
           f"| {S['convert_f32']:.1f} | | |")
