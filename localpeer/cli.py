@@ -20,13 +20,18 @@ the pipeline (each station reads files and writes files):
   -> judge -> score -> report
 
 examples:
-  localpeer data validate data/personaknob-starter/    check PersonaKnob records
-  localpeer data stats data/personaknob-starter/       masks, pairs, lengths
-  localpeer chat MODEL.gguf                         chat in the terminal; transcripts kept
+  just demo                                          all of it on the embedded SmolLM2-135M
+  localpeer pull smollm2-135m-instruct               the embedded default, offline
+  localpeer data validate data/personaknob-starter/  check PersonaKnob records
+  localpeer train recipes/smollm2-135m-cpu.yaml      LoRA + Lag-DPO on a CPU
+  localpeer export runs/smollm2-135m-cpu             GGUF files + parity check
+  localpeer chat MODEL.gguf                          chat in the terminal; transcripts kept
   localpeer generate MODEL.gguf --prompts F --out transcripts/   replies to a prompt file
-  localpeer score transcripts/                      grade rated transcripts (MML, 1-5 scale)
-  localpeer score ratings.csv --estimator jml       the Facets estimator on a ratings file
-  localpeer score --selftest                        simulate, fit and show parameter recovery
+  localpeer judge transcripts/ --judge J.gguf        rate transcripts on A, T, E, C
+  localpeer score transcripts/                       theta per model (MML, 1-5 scale)
+  localpeer probe MODEL.gguf --suite sycophancy      the dual-failure probes
+  localpeer report runs/demo                         base and trained side by side
+  localpeer score --selftest                         simulate, fit, show parameter recovery
 
 exit codes: 0 success, 1 the work failed (e.g. a fit did not converge),
             2 bad input or usage (the message names the file, the line and what to change)

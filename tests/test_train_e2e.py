@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from localpeer.cli import main
 from localpeer.deps import available
@@ -20,12 +21,14 @@ def test_embedded_default_recipe_end_to_end(tmp_path, monkeypatch):
     run = tmp_path / "run"
     assert main(["train", "recipes/smollm2-135m-cpu.yaml", f"out_dir={run}"]) == 0
     summary = json.loads((run / "summary.json").read_text())
+    recipe = yaml.safe_load((ROOT / "recipes/smollm2-135m-cpu.yaml").read_text())
+    per_dim = recipe["train"]["eval_pairs"] // 4
     for d in "ATEC":
         assert 0.0 <= summary["eval_before"][d]["selection_accuracy"] <= 1.0
-        assert summary["eval_after"][d]["pairs"] == 4
+        assert summary["eval_after"][d]["pairs"] == per_dim
     print("held-out selection accuracy", summary["mean_accuracy_before"], "->",
           summary["mean_accuracy_after"])
     assert summary["mean_accuracy_after"] > summary["mean_accuracy_before"]
     assert (run / "adapter" / "adapter_model.safetensors").exists()
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert sum("split" not in json.loads(x) for x in lines) == 16
+    assert sum("split" not in json.loads(x) for x in lines) == recipe["train"]["steps"]
