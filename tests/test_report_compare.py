@@ -71,5 +71,5 @@ def test_report_on_a_run_folder_and_bad_folder(tmp_path, capsys):
     write_demo_folder(tmp_path)
     assert main(["report", str(tmp_path / "train")]) == 0
     out = capsys.readouterr().out
-    assert "Training curves (4 steps)" in out and "25.0%" in out and "50.0%" in out
+    assert "Training curves (4 steps" in out and "25.0%" in out and "50.0%" in out
     assert main(["report", str(tmp_path / "nope")]) == 2

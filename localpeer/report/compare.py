@@ -168,9 +168,18 @@ def selection_table(inp: Inputs) -> Table:
     return t
 
 
+def _squeeze(values: list[float], width: int = 32) -> list[float]:
+    """At most `width` points: the means of equal runs of steps, so a curve fits a column."""
+    if len(values) <= width:
+        return values
+    edges = [round(k * len(values) / width) for k in range(width + 1)]
+    return [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:])]
+
+
 def curves(inp: Inputs) -> Table:
     n_steps = sum(1 for m in inp.metrics if m.get("split") != "eval")
-    t = Table(title=f"Training curves ({n_steps} steps)", title_justify="left",
+    t = Table(title=f"Training curves ({n_steps} steps; a curve shows at most 32 points, "
+              "each the mean of its steps)", title_justify="left",
               box=box.SIMPLE)
     t.add_column("series")
     t.add_column("curve")
@@ -179,15 +188,16 @@ def curves(inp: Inputs) -> Table:
     if not steps:
         return t
     loss = [m["loss"] for m in steps]
-    t.add_row("loss", sparkline(loss), f"{loss[0]:.3f} → {loss[-1]:.3f}")
+    t.add_row("loss", sparkline(_squeeze(loss)), f"{loss[0]:.3f} → {loss[-1]:.3f}")
     for d in DIMS:
         acc = [m["dims"][d]["accuracy"] for m in steps if d in m["dims"]]
         if acc:
-            t.add_row(f"reward accuracy {d}", sparkline(acc), f"{acc[0]:.2f} → {acc[-1]:.2f}")
+            t.add_row(f"reward accuracy {d}", sparkline(_squeeze(acc)),
+                      f"{acc[0]:.2f} → {acc[-1]:.2f}")
     for key in steps[-1].get("lambdas", {}):
         lam = [m["lambdas"][key] for m in steps]
         if max(lam) > 0:
-            t.add_row(f"λ {key}", sparkline(lam), f"{lam[0]:.3f} → {lam[-1]:.3f} (max "
+            t.add_row(f"λ {key}", sparkline(_squeeze(lam)), f"{lam[0]:.3f} → {lam[-1]:.3f} (max "
                       f"{max(lam):.3f})")
     if not any(max(m["lambdas"][k] for m in steps) > 0 for k in steps[-1].get("lambdas", {})):
         t.add_row("λ (all constraints)", "", "0 throughout: no dimension ran away")
