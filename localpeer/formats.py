@@ -421,6 +421,24 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def cut_torn_tail(path: Path) -> bool:
+    """Cut an incomplete last line (a crash mid-write) off an append-only JSONL file, so the
+    next append starts on a fresh line; True if something was cut."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut == len(data):
+        return False
+    log.warning("%s: removing an incomplete last line left by an interrupted run", path)
+    with path.open("r+b") as f:
+        f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def append_jsonl(path: Path, obj: dict) -> None:
     """Append `obj` as one JSON line and fsync, so a crash loses at most the line being written."""
     path = Path(path)

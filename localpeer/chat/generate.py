@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from localpeer.chat.session import ContextFull, Engine
 from localpeer.chat.transcript import transcript_line, utc_now
 from localpeer.errors import InputError
-from localpeer.formats import append_jsonl, jsonl_records
+from localpeer.formats import append_jsonl, cut_torn_tail, jsonl_records
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +78,9 @@ def sample_seed(base: int, item: str, k: int) -> int:
 
 def done_ids(path: Path) -> set[str]:
     """Transcript ids already in the output; a torn last line (a crash mid-write) is cut off."""
+    cut_torn_tail(path)
     if not path.exists():
         return set()
-    data = path.read_bytes()
-    cut = data.rfind(b"\n") + 1
-    if cut < len(data):
-        log.warning("%s: removing an incomplete last line left by an interrupted run", path)
-        with path.open("r+b") as f:
-            f.truncate(cut)
-            f.flush()
-            os.fsync(f.fileno())
     ids = set()
     for line, obj in jsonl_records(path):
         if "id" not in obj:

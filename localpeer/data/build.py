@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from typing import Protocol
 
 from localpeer.data.personaknob import DIMS, parse_mask, record_from_json
 from localpeer.errors import InputError
-from localpeer.formats import append_jsonl, jsonl_records
+from localpeer.formats import append_jsonl, cut_torn_tail, jsonl_records
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +105,11 @@ def read_seeds(path: Path) -> list[Seed]:
 
 def existing_ids(out: Path) -> set[str]:
     """Ids already built; a torn last line (a crash mid-write) is cut off first."""
+    cut_torn_tail(out)
     if not out.exists():
         return set()
-    data = out.read_bytes()
-    cut = data.rfind(b"\n") + 1
-    if cut < len(data):
-        log.warning("%s: removing an incomplete last line left by an interrupted build", out)
-        with out.open("r+b") as f:
-            f.truncate(cut)
-            f.flush()
-            os.fsync(f.fileno())
     ids = set()
-    for line_no, raw in enumerate(data[:cut].splitlines(), 1):
+    for line_no, raw in enumerate(out.read_bytes().splitlines(), 1):
         if raw.strip():
             try:
                 ids.add(str(json.loads(raw)["id"]))
