@@ -43,12 +43,20 @@ def test_packed_layout_shares_prompt_and_golden():
     assert not mask[12:15, 7:12].any() and mask[12:15, :7].all()
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("impl", ["segments", "sdpa", "eager"])
 def test_packed_logps_and_gradients_equal_separate_sequences(tiny, impl):
+    """segments: the packed rows through segment attention; sdpa and eager: the dense 4-D
+    block mask. Either way, the numbers of separate sequences."""
     from transformers import AutoModelForCausalLM
 
+    from localpeer.train import segments
+
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32,
-                                                 attn_implementation=impl)
+                                                 attn_implementation=impl.replace("segments",
+                                                                                  "sdpa"))
+    if impl == "segments":
+        assert segments.enable(model)
+    assert segments.enabled(model) == (impl == "segments")
     pairs = record_pairs()
     grads, logps = [], []
     for share in (False, True):
@@ -60,6 +68,44 @@ def test_packed_logps_and_gradients_equal_separate_sequences(tiny, impl):
     assert torch.allclose(logps[0], logps[1], atol=5e-5, rtol=0)
     assert (grads[0] - grads[1]).abs().max() <= 1e-4 * grads[0].abs().max()
     assert logps[0].abs().min() > 1.0  # real log-probs, not zeros
+
+
+def test_segment_attention_falls_back_to_sdpa_without_a_layout(tiny):
+    """A model switched to segment attention is an sdpa model for every other call
+    (generation, plain padded batches)."""
+    from transformers import AutoModelForCausalLM
+
+    from localpeer.train import segments
+
+    ids = torch.tensor([[5, 9, 14, 3, 7, 0, 0], [4, 8, 15, 16, 23, 42, 11]])
+    mask = (ids != 0).long()
+    plain = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+    switched = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32,
+                                                    attn_implementation="sdpa")
+    assert segments.enable(switched)
+    with torch.no_grad():
+        a = plain(input_ids=ids, attention_mask=mask).logits
+        b = switched(input_ids=ids, attention_mask=mask).logits
+        gen = switched.generate(ids[1:], max_new_tokens=4, do_sample=False)
+        ref = plain.generate(ids[1:], max_new_tokens=4, do_sample=False)
+    assert torch.equal(a[mask.bool()], b[mask.bool()])
+    assert torch.equal(gen, ref)
+
+
+def test_segment_layout_indices():
+    from localpeer.train.segments import segment_layout
+
+    # row 0: prompt 3, responses of 2 and 1 at 3 and 5; row 1: prompt 2, response 3 at 2
+    lay = segment_layout([3, 2], [(0, 3, 2), (0, 5, 1), (1, 2, 3)], width=6)
+    assert lay["q_index"].tolist() == [[3, 4, 4], [5, 5, 5], [8, 9, 10]]
+    assert lay["k_index"][2].tolist() == [6, 7, 8, 8, 9, 10]
+    # segment 2's last query sees its row's 2 prompt tokens and its own 3, not row 1's pos 2
+    assert lay["mask"][2, 0, 2].tolist() == [True, True, False, True, True, True]
+    # segment 1 (one token) sees the prompt and itself only
+    assert lay["mask"][1, 0, 0].tolist() == [True, True, True, True, False, False]
+    assert lay["seg_dest"].tolist() == [3, 4, 5, 8, 9, 10]
+    assert lay["prompt_dest"].tolist() == [0, 1, 2, 6, 7]
 
 
 def test_record_sampler_fills_quotas_and_keeps_records_together():

@@ -20,6 +20,7 @@ import torch
 from localpeer.config import Recipe
 from localpeer.deps import available, require
 from localpeer.errors import InputError
+from localpeer.train import segments
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,13 @@ def _load_peft(recipe: Recipe, path: Path, device: torch.device, card_targets) -
                              target_modules=lora_targets(recipe, model, card_targets),
                              layers_to_transform=layers)
     model = peft.get_peft_model(model, config)
-    # the packed layout needs a dense 4-D mask, which sdpa and eager attention take as is
-    packed = getattr(model.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+    # the packed layout: segment attention on an sdpa model (index tensors, see
+    # train/segments.py), a dense 4-D mask on an eager one; other kernels get plain batches
+    packed = recipe.train.share_prompt and (
+        segments.enable(model.get_base_model())
+        or getattr(model.config, "_attn_implementation", "sdpa") == "eager")
     return Policy(model, tokenizer, "peft", device, quantized,
-                  share_prompt=recipe.train.share_prompt and packed)
+                  share_prompt=packed)
 
 
 def _load_unsloth(recipe: Recipe, path: Path, card_targets) -> Policy:

@@ -15,6 +15,8 @@ import torch
 import torch.utils.checkpoint
 
 from localpeer.data.personaknob import Pair
+from localpeer.train import segments
+from localpeer.train.segments import segment_layout
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,9 @@ def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.T
     positions continue from the end of the prompt as if it stood alone. The log-probs equal
     those of `collate`'s separate sequences; the prompt is computed once, not twice per pair.
 
-    Keys: input_ids, position_ids, attention_mask (G, T) real tokens; block_mask (G, T, T) bool;
+    Keys: input_ids, position_ids, attention_mask (G, T) real tokens; block_mask (G, T, T) bool
+    (the pattern as a dense mask, for eager attention); segments: the same pattern as index
+    tensors for `segments.segment_attention` (what a model switched by `segments.enable` uses);
     per response token: tok_row, tok_src (the position whose logits predict it: the previous
     token, or the prompt's last token for a response's first), tok_target, tok_seq; and
     chosen_idx / rejected_idx (B,) into the distinct sequences."""
@@ -130,8 +134,10 @@ def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.T
     attention = torch.zeros((G, width), dtype=torch.long)
     block = torch.zeros((G, width, width), dtype=torch.bool)
     tok_row, tok_src, tok_target, tok_seq = [], [], [], []
+    prompt_lens, segments = [], []
     for g, (prompt, responses) in enumerate(rows.values()):
         lp = len(prompt)
+        prompt_lens.append(lp)
         input_ids[g, :lp] = torch.tensor(prompt)
         position_ids[g, :lp] = torch.arange(lp)
         block[g, :lp, :lp] = torch.ones(lp, lp, dtype=torch.bool).tril()
@@ -147,6 +153,7 @@ def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.T
             tok_src += [lp - 1] + list(range(start, end - 1))
             tok_target += list(response)
             tok_seq += [seq] * n
+            segments.append((g, start, n))
             start = end
         attention[g, :start] = 1
         block[g, start:, :].zero_()
@@ -160,7 +167,8 @@ def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.T
             "tok_seq": torch.tensor(tok_seq, **as_long),
             "n_seq": torch.tensor(n_seq),
             "chosen_idx": torch.tensor([c for c, _ in seq_of], **as_long),
-            "rejected_idx": torch.tensor([r for _, r in seq_of], **as_long)}
+            "rejected_idx": torch.tensor([r for _, r in seq_of], **as_long),
+            "segments": segment_layout(prompt_lens, segments, width)}
 
 
 LOGP_CHUNK = 256  # positions per chunk of the log-softmax
@@ -201,17 +209,27 @@ def sequence_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return seq[:half], seq[half:]
 
 
-def _shared_sequence_logps(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pattern(model, batch, device) -> dict:
+    """The packed attention pattern in the form the model takes: index tensors for a model
+    switched to segment attention, else a dense additive (G, 1, T, T) mask."""
+    if segments.enabled(model):
+        return {segments.LAYOUT_KEY: {k: v.to(device) for k, v in batch["segments"].items()},
+                "attention_mask": None}
     dtype = model.get_input_embeddings().weight.dtype
     if not dtype.is_floating_point:
         dtype = torch.float32
     allowed = batch["block_mask"].to(device).unsqueeze(1)  # (G, 1, T, T), heads broadcast
     additive = torch.zeros(allowed.shape, dtype=dtype, device=device)
     additive.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return {"attention_mask": additive}
+
+
+def _shared_sequence_logps(model, batch, device) -> tuple[torch.Tensor, torch.Tensor]:
     src = batch["tok_src"].to(device)
     keep = torch.unique(src)  # sorted: logits only where some response token is predicted
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=additive,
-                   position_ids=batch["position_ids"].to(device), logits_to_keep=keep).logits
+    logits = model(input_ids=batch["input_ids"].to(device),
+                   position_ids=batch["position_ids"].to(device), logits_to_keep=keep,
+                   **_pattern(model, batch, device)).logits
     picked = logits[batch["tok_row"].to(device), torch.searchsorted(keep, src)]  # (N, V)
     lp = token_logps(picked.unsqueeze(0), batch["tok_target"].to(device).unsqueeze(0))[0]
     seq = torch.zeros(int(batch["n_seq"]), dtype=lp.dtype, device=device)
