@@ -1,5 +1,5 @@
 """`python -m localpeer` is the same as the `localpeer` console script."""
 
-from localpeer.cli import main
+from localpeer.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

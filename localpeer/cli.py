@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from pathlib import Path
@@ -489,6 +490,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(sub)
     _add_score(sub)
     return parser
+
+
+def entry(argv: list[str] | None = None) -> int:
+    """The console script and `python -m localpeer`: main(), then gc.freeze() before the
+    interpreter exits. Freezing moves every live object out of the cyclic collector's reach,
+    so shutdown does not walk the millions of objects torch, transformers and peft leave
+    behind (measured: 1.3 s of exit after importing them, 0.2 s frozen); atexit handlers and
+    finalizers still run."""
+    rc = main(argv)
+    gc.freeze()
+    return rc
 
 
 def main(argv: list[str] | None = None) -> int:

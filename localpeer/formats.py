@@ -416,6 +416,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks (hashlib releases the GIL on each block, so
+    a hashing thread runs beside C work such as llama.cpp's quantizer)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(block), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """`atomic_write_bytes` of `text` encoded as UTF-8 (newlines written as given)."""
     atomic_write_bytes(path, text.encode("utf-8"))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from localpeer.config import ModelCard, load_card
 from localpeer.errors import InputError, WorkFailed
+from localpeer.formats import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +148,6 @@ def _write_source(folder: Path, source: dict) -> None:
     (folder / SOURCE_FILE).write_text(json.dumps(source, indent=2) + "\n", encoding="utf-8")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---- the embedded GGUF ----------------------------------------------------------------------
 
 def _load_gguf(gguf: Path):
@@ -223,7 +215,7 @@ def _write_embedded(card: ModelCard, out: Path) -> None:
     _write_source(out, {
         "card": card.name, "source": "embedded", "package": card.embedded,
         "package_version": importlib.metadata.version(card.embedded),
-        "gguf_path": str(gguf), "gguf_sha256": _sha256(gguf),
+        "gguf_path": str(gguf), "gguf_sha256": sha256_file(gguf),
         "dtype": "float32", "parity_max_abs_diff": diff,
         "transformers_version": transformers.__version__, "torch_version": torch.__version__})
 

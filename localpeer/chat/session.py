@@ -16,7 +16,6 @@ many; the transcript keeps them.
 from __future__ import annotations
 
 import codecs
-import hashlib
 import json
 import logging
 import os
@@ -88,11 +87,9 @@ def gguf_sha256(path: Path) -> str:
         memo = {}
     if key in memo:
         return memo[key]
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    memo[key] = digest.hexdigest()
+    from localpeer.formats import sha256_file
+
+    memo[key] = sha256_file(path)
     try:
         memo_path.parent.mkdir(parents=True, exist_ok=True)
         from localpeer.formats import atomic_write_text

@@ -2,10 +2,10 @@
 
     localpeer export runs/smollm2-135m-cpu --adapter
 
-Merges the run's adapter into the fp32 base, converts once with llama.cpp's converter (F32: for
-the checks and as the source of every other type), quantizes in-process (F16 included), checks
-parity against the merged HF model and only then renames every file into the export folder;
-export.json is written last.
+Merges the run's adapter into the fp32 base, converts it to F16 with llama.cpp's converter,
+quantizes in-process from the F16 (as calling llama.cpp's tools directly would), checks parity
+against the merged HF model (an F32 twin, converted beside the quantizer, gives the sharp check)
+and only then renames every file into the export folder; export.json is written last.
 """
 
 from __future__ import annotations
@@ -20,17 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from localpeer.errors import InputError, WorkFailed
+from localpeer.formats import sha256_file
 
 log = logging.getLogger(__name__)
 GGUF_ROOT = Path("models") / "gguf"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def adapter_sha256(adapter_dir: Path) -> str:
@@ -132,23 +125,61 @@ class Stages:
 
 
 def _reference(stages: Stages, model, base_dir: Path):
+    """(tokenizer, parity.Reference): the probes through the HF tokenizer and model."""
     from transformers import AutoTokenizer
 
     from localpeer.export.parity import hf_reference
 
-    tok = AutoTokenizer.from_pretrained(base_dir)
-    return tok, stages.run("HF reference logits", hf_reference, model, tok)
+    def reference():
+        tok = AutoTokenizer.from_pretrained(base_dir)
+        return tok, hf_reference(model, tok)
+
+    return stages.run("HF reference logits", reference)
+
+
+def _merge(base_dir: Path, adapter: Path):
+    import torch
+
+    from localpeer.export import merge
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return merge.merged_model(base_dir, adapter)
+
+
+class Alongside:
+    """Work that runs beside the main line (hashes in a thread, converter processes): started
+    early, collected when needed; its wall times go to export.json "alongside_s"."""
+
+    def __init__(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+        self.hashes: dict[str, object] = {}
+        self.jobs: list = []
+        self.timings: dict[str, float] = {}
+
+    def hash(self, key: str, fn, *args) -> None:
+        self.hashes[key] = self.pool.submit(fn, *args)
+
+    def digest(self, key: str) -> str:
+        return self.hashes[key].result()
+
+    def close(self) -> None:
+        for job in self.jobs:
+            job.kill()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[str, ...],
             stages: Stages) -> dict:
-    import torch
-
+    """The main line is what calling the converter and the quantizer directly would do:
+    convert to F16, quantize each type from it, nothing running beside it but a thread that
+    hashes finished files. The parity check's work comes before (the HF reference logits,
+    while the merged model is still in memory) and after (the F32 twin converts while the
+    other files are checked)."""
     from localpeer.export import converter, merge, parity
     from localpeer.export.quantize import quantize
-    from localpeer.train.reference import base_fingerprint
 
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     conv = converter.find_converter()
     base_dir = _base_dir(run)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,52 +188,83 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
     _check_disk(base_dir, out, args.adapter)
     work = out / f".work-{os.getpid()}"
     work.mkdir()
+    side = Alongside()
     try:
-        model = stages.run("merge the adapter into the fp32 base", merge.merged_model,
-                           base_dir, adapter)
+        side.hash("adapter", adapter_sha256, adapter)
+        model = stages.run("merge the adapter into the fp32 base", _merge, base_dir, adapter)
         merged = stages.run("save the merged model", merge.merge_adapter, base_dir, adapter,
                             work / "merged-hf", model=model)
+        from localpeer.train.reference import base_fingerprint
+
+        side.hash("base", base_fingerprint, base_dir)
         tok, ref = _reference(stages, model, base_dir)
-        del model
-        # one converter run (F32: the parity reference's twin and the source of every other
-        # type); F16 is then a quantize like the rest, in-process, not a second conversion
-        files = {"F32": work / f"{name}-F32.gguf"}
-        stages.run("convert to F32", converter.convert_model, merged, files["F32"], "f32", conv)
+        del model  # before the converter runs: it needs the memory more
+        files = {"F16": work / f"{name}-F16.gguf"}
+        stages.run("convert to F16", converter.convert_model, merged, files["F16"], "f16",
+                   conv)
+        side.hash("F16", sha256_file, files["F16"])
         notes = []
-        for q in ("F16", *quants):
-            files[q], note = stages.run(f"quantize to {q}", quantize, files["F32"],
+        for q in quants:
+            files[q], note = stages.run(f"quantize to {q}", quantize, files["F16"],
                                         work / f"{name}-{q}.gguf", q)
+            side.hash(q, sha256_file, files[q])
             if note:
                 notes.append(note)
+        # the parity reference's twin (fp32, like HF) converts while the other files are
+        # checked; it is checked last
+        twin = work / f"{name}-F32.gguf"
+        twin_job = converter.start_model(merged, twin, "f32", conv)
+        side.jobs.append(twin_job)
         lora = None
         if args.adapter:
             staged = merge.stage_adapter(adapter, work / "adapter")
             lora_file = stages.run("convert the adapter to a LoRA GGUF", converter.convert_lora,
                                    staged, base_dir, work / f"{name}-lora-F32.gguf", "f32", conv)
-            base_f32 = stages.run("convert the base to F32 (for the adapter check)",
+            side.hash("LORA-F32", sha256_file, lora_file)
+            base_f32 = stages.run("convert the base to F32 (parity: the adapter check)",
                                   converter.convert_model, base_dir, work / "base-F32.gguf",
                                   "f32", conv)
             lora = (base_f32, lora_file)
-        report = stages.run("parity checks", parity.check_export, ref, files, lora)
+        def checks():
+            report = parity.check_export(ref, files, lora)
+            t = time.perf_counter()
+            twin_job.wait()
+            side.timings["convert to F32 (the parity twin, beside the checks)"] = round(
+                twin_job.seconds, 1)
+            side.timings["waited for the F32 twin"] = round(time.perf_counter() - t, 1)
+            shutil.rmtree(merged)  # its last reader was the twin's converter
+            twin_report = parity.check_export(ref, {"F32": twin})
+            if not args.keep_f32:
+                twin.unlink()
+            return parity.merge_reports(report, twin_report)
+
+        report = stages.run("parity checks", checks)
+        if args.keep_f32:
+            side.hash("F32", sha256_file, twin)
         if not report.passed:
             raise WorkFailed("parity check failed, nothing was written to "
                              f"{out}:\n  " + "\n  ".join(report.failures))
-        keep = {t: p for t, p in files.items() if t != "F32" or args.keep_f32}
+        keep = {"F32": twin, **files} if args.keep_f32 else dict(files)
         if lora:
             keep["LORA-F32"] = lora[1]
         target = files.get("Q4_K_M", files[quants[0]] if quants else files["F16"])
         (work / "Modelfile").write_text(_modelfile(name, target.name, tok.eos_token))
+        t = time.perf_counter()
+        entries = [{"file": p.name, "type": ty, "size": p.stat().st_size,
+                    "sha256": side.digest(ty)} for ty, p in keep.items()]
+        sources = {"run_dir": str(run), "base_dir": str(base_dir),
+                   "base_sha256": side.digest("base"),
+                   "adapter_sha256": side.digest("adapter"),
+                   "llama_cpp_python": converter.check_llama_cpp_version(),
+                   "converter": converter.converter_info(conv)}
+        stages.timings["wait for the hashes"] = round(time.perf_counter() - t, 1)
         info = {
             "format": 1, "name": name,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "sources": {"run_dir": str(run), "base_dir": str(base_dir),
-                        "base_sha256": base_fingerprint(base_dir),
-                        "adapter_sha256": adapter_sha256(adapter),
-                        "llama_cpp_python": converter.check_llama_cpp_version(),
-                        "converter": converter.converter_info(conv)},
-            "files": [_file_entry(p, t) for t, p in keep.items()]
-            + [_file_entry(work / "Modelfile", "Modelfile")],
-            "notes": notes, "parity": report.to_dict(), "timings_s": stages.timings}
+            "sources": sources,
+            "files": entries + [_file_entry(work / "Modelfile", "Modelfile")],
+            "notes": notes, "parity": report.to_dict(), "timings_s": stages.timings,
+            "alongside_s": side.timings}
         for p in [*keep.values(), work / "Modelfile"]:
             os.replace(p, out / p.name)
         from localpeer.formats import atomic_write_text
@@ -210,6 +272,7 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
         atomic_write_text(out / "export.json", json.dumps(info, indent=1) + "\n")
         return info
     finally:
+        side.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -269,6 +332,7 @@ def run_export(args) -> int:
     run = Path(args.run_dir)
     names = parse_quants(args.quant)
     quants = tuple(q for q in names if q not in ("F16", "F32", "ALL_F32"))
+    args.keep_f32 = args.keep_f32 or "F32" in names  # --quant F32 keeps the parity twin
     adapter = _check_run(run)
     check_llama_cpp_version()
     name = args.name or run.resolve().name

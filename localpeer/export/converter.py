@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -136,36 +137,87 @@ def _env(folder: Path) -> dict:
     return env
 
 
-def _run(folder: Path, script: str, args: list[str], outfile: Path) -> Path:
-    """Run a converter script writing to a temporary name beside `outfile`; rename on success."""
-    outfile = outfile.resolve()
-    tmp = outfile.with_name(outfile.name + ".partial")
-    cmd = [sys.executable, str(folder / script), *args, "--outfile", str(tmp)]
-    log.debug("running %s", cmd)
+def _die_with_parent():
+    """preexec_fn for converter processes: on Linux, SIGKILL them when the export process
+    dies, so a killed export leaves no converter writing into its work folder."""
+    prctl = _die_with_parent.prctl
+    if prctl is not None:
+        prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+
+
+def _libc_prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
     try:
-        r = subprocess.run(cmd, env=_env(folder), cwd=str(folder), capture_output=True,
-                           text=True)
-        if r.returncode != 0:
-            raise WorkFailed(f"{script} failed (exit {r.returncode}) writing {outfile.name}:\n"
-                             + r.stderr[-3000:])
-        os.replace(tmp, outfile)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return outfile
+        return ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not after the fork
+    except (OSError, AttributeError):
+        return None
+
+
+_die_with_parent.prctl = _libc_prctl()
+
+
+class Job:
+    """A converter script running in the background, writing `outfile` through a temporary
+    name: `wait()` renames it on success or raises WorkFailed with the script's stderr;
+    `kill()` stops it and removes the partial file. The log goes to a file beside the output
+    (a pipe nobody reads would stall the converter once it fills)."""
+
+    def __init__(self, folder: Path, script: str, args: list[str], outfile: Path):
+        self.script, self.outfile = script, Path(outfile).resolve()
+        self.tmp = self.outfile.with_name(self.outfile.name + ".partial")
+        self.log_path = self.outfile.with_name(self.outfile.name + ".convert.log")
+        cmd = [sys.executable, str(folder / script), *args, "--outfile", str(self.tmp)]
+        log.debug("running %s", cmd)
+        self.started = time.perf_counter()
+        self.seconds: float | None = None
+        with self.log_path.open("w") as fh:
+            self.proc = subprocess.Popen(cmd, env=_env(folder), cwd=str(folder),
+                                         stdout=fh, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
+
+    def wait(self) -> Path:
+        try:
+            rc = self.proc.wait()
+            self.seconds = time.perf_counter() - self.started
+            if rc != 0:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise WorkFailed(f"{self.script} failed (exit {rc}) writing "
+                                 f"{self.outfile.name}:\n{tail}")
+            os.replace(self.tmp, self.outfile)
+            return self.outfile
+        finally:
+            self.tmp.unlink(missing_ok=True)
+            self.log_path.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.tmp.unlink(missing_ok=True)
+        self.log_path.unlink(missing_ok=True)
+
+
+def start_model(model_dir: Path, outfile: Path, outtype: str, folder: Path) -> Job:
+    """Start converting an HF folder to one GGUF of `outtype` (f32, f16, bf16, q8_0)."""
+    return Job(folder, "convert_hf_to_gguf.py",
+               [str(Path(model_dir).resolve()), "--outtype", outtype], outfile)
 
 
 def convert_model(model_dir: Path, outfile: Path, outtype: str, folder: Path) -> Path:
-    """An HF folder -> one GGUF of `outtype` (f32, f16, bf16, q8_0)."""
-    return _run(folder, "convert_hf_to_gguf.py",
-                [str(Path(model_dir).resolve()), "--outtype", outtype], outfile)
+    """An HF folder -> one GGUF of `outtype`, waiting for it."""
+    return start_model(model_dir, outfile, outtype, folder).wait()
 
 
 def convert_lora(adapter_dir: Path, base_dir: Path, outfile: Path, outtype: str,
                  folder: Path) -> Path:
     """A PEFT adapter folder -> a LoRA GGUF for llama.cpp (applied on top of the base GGUF)."""
-    return _run(folder, "convert_lora_to_gguf.py",
-                [str(Path(adapter_dir).resolve()), "--base", str(Path(base_dir).resolve()),
-                 "--outtype", outtype], outfile)
+    return Job(folder, "convert_lora_to_gguf.py",
+               [str(Path(adapter_dir).resolve()), "--base", str(Path(base_dir).resolve()),
+                "--outtype", outtype], outfile).wait()
 
 
 def main(argv: list[str] | None = None) -> int:

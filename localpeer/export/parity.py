@@ -237,3 +237,13 @@ def check_export(ref: Reference, files: dict[str, Path], lora: tuple[Path, Path]
         failures += r.failures
     return ParityReport(passed=not failures, chat_template_same=template_same,
                         tokens_identical=tokens, files=results, failures=failures)
+
+
+def merge_reports(first: ParityReport, later: ParityReport) -> ParityReport:
+    """One report from two check_export calls over different files of the same export (the
+    later one's files listed first: the F32 twin checked after the others is the sharpest)."""
+    failures = first.failures + [f for f in later.failures if f not in first.failures]
+    return ParityReport(passed=first.passed and later.passed,
+                        chat_template_same=first.chat_template_same and later.chat_template_same,
+                        tokens_identical=first.tokens_identical, files=later.files + first.files,
+                        failures=failures)
