@@ -43,20 +43,24 @@ def test_packed_layout_shares_prompt_and_golden():
     assert not mask[12:15, 7:12].any() and mask[12:15, :7].all()
 
 
-@pytest.mark.parametrize("impl", ["segments", "sdpa", "eager"])
+@pytest.mark.parametrize("impl", ["segments", "segments+checkpointing", "sdpa", "eager"])
 def test_packed_logps_and_gradients_equal_separate_sequences(tiny, impl):
-    """segments: the packed rows through segment attention; sdpa and eager: the dense 4-D
-    block mask. Either way, the numbers of separate sequences."""
+    """segments: the packed rows through segment attention (with gradient checkpointing the
+    layout must reach the recomputed forward too); sdpa and eager: the dense 4-D block mask.
+    Either way, the numbers of separate sequences."""
     from transformers import AutoModelForCausalLM
 
     from localpeer.train import segments
 
+    attn = "sdpa" if impl.startswith("segments") else impl
     model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32,
-                                                 attn_implementation=impl.replace("segments",
-                                                                                  "sdpa"))
-    if impl == "segments":
+                                                 attn_implementation=attn)
+    if impl.startswith("segments"):
         assert segments.enable(model)
-    assert segments.enabled(model) == (impl == "segments")
+    if impl.endswith("checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+    assert segments.enabled(model) == impl.startswith("segments")
     pairs = record_pairs()
     grads, logps = [], []
     for share in (False, True):
