@@ -43,7 +43,7 @@ pull card="smollm2-135m-instruct":
 train recipe="recipes/gpu-12gb.yaml" *overrides:
     {{python}} -m localpeer train {{recipe}} {{overrides}}
 
-# the whole pipeline on the embedded SmolLM2-135M (CPU, about 26 minutes on 2 cores): train, export, generate, judge, score, probe, report
+# the whole pipeline on the embedded SmolLM2-135M (CPU, about 22 minutes on 2 cores): train, export, generate, judge, score, probe, report
 demo *args: setup
     .venv/bin/python -m localpeer.demo {{args}}
 
