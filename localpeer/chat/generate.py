@@ -140,15 +140,9 @@ def generate(engine: Engine, items: list[PromptItem], out: Path, samples: int, m
 
 def run_generate(args) -> int:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from localpeer.chat.session import Sampler, gguf_sha256, load_engine
+    from localpeer.progress import item_progress
 
     console = Console(stderr=True)
     if args.samples < 1:
@@ -168,14 +162,12 @@ def run_generate(args) -> int:
     total = len(items) * args.samples
     already = len(done_ids(out) & {f"{model}/{i.id}/s{k}" for i in items
                                    for k in range(args.samples)})
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[speed]}"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=args.quiet) as progress:
+    with item_progress(console, args.quiet) as progress:
         task = progress.add_task(f"generate {model}", total=total, completed=already,
-                                 speed="")
+                                 note="")
 
         def on_done(_tid: str, s: Summary) -> None:
-            progress.update(task, advance=1, speed=f"{s.tokens_per_s:.1f} tokens/s")
+            progress.update(task, advance=1, note=f"{s.tokens_per_s:.1f} tokens/s")
 
         summary = generate(engine, items, out, args.samples, model, meta, on_done)
     if not args.quiet:

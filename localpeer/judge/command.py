@@ -21,17 +21,11 @@ def _parse_list(text: str, valid, what: str) -> tuple[str, ...]:
 
 def run_judge(args) -> int:
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
 
     from localpeer.formats import Scale
     from localpeer.judge.backends import make_judge
     from localpeer.judge.run import count_work, judge_folder, missing_report
+    from localpeer.progress import item_progress
 
     console = Console(stderr=True)
     if not args.dir.is_dir():
@@ -44,9 +38,7 @@ def run_judge(args) -> int:
     if total == 0:
         raise InputError("no transcripts with an assistant reply under this folder; run "
                          "`localpeer generate` or `localpeer chat` first", args.dir)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[note]}"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=args.quiet) as progress:
+    with item_progress(console, args.quiet) as progress:
         task = progress.add_task("judge", total=total, note="")
 
         def on_rating(label, s):

@@ -17,9 +17,9 @@ SUITES = ("sycophancy", "refusal", "select")
 
 def run_probe(args) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from localpeer.formats import atomic_write_text
+    from localpeer.progress import item_progress
     from localpeer.report.probes import probe_table
 
     console = Console(stderr=True)
@@ -30,8 +30,7 @@ def run_probe(args) -> int:
         raise InputError("no such model; pass a .gguf file or an HF model folder", model)
     name = args.name or (model.stem if model.is_file() else model.name)
     out = Path(args.out)
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()]
-    with Progress(*columns, console=console, disable=args.quiet) as progress:
+    with item_progress(console, args.quiet) as progress:
         if args.suite == "select":
             metrics = _select(args, model, progress)
         else:
@@ -56,7 +55,7 @@ def _select(args, model: Path, progress) -> dict:
         pairs = pairs[: args.limit]
     if not pairs:
         raise InputError("no pairs in the file", args.pairs)
-    task = progress.add_task("selection accuracy", total=len(pairs))
+    task = progress.add_task("selection accuracy", total=len(pairs), note="")
     return selection_accuracy(model, pairs, threads=args.threads,
                               on_pair=lambda: progress.advance(task))
 
@@ -74,7 +73,7 @@ def _chat_suite(args, model: Path, name: str, out: Path, progress) -> dict:
                                          max_tokens=args.max_tokens, seed=args.seed))
     if args.suite == "sycophancy":
         items = suites.load_sycophancy()[: args.limit or None]
-        task = progress.add_task(f"sycophancy {name}", total=len(items))
+        task = progress.add_task(f"sycophancy {name}", total=len(items), note="")
         return run.run_sycophancy(engine, items, out / f"{name}-sycophancy.jsonl", name,
                                   on_item=lambda: progress.advance(task))
     items = suites.load_refusal()
@@ -82,7 +81,7 @@ def _chat_suite(args, model: Path, name: str, out: Path, progress) -> dict:
         items = ([i for i in items if not i.harmful][: args.limit]
                  + [i for i in items if i.harmful][: args.limit])
     judge = make_judge(args.judge, threads=args.threads) if args.judge else None
-    task = progress.add_task(f"refusal {name}", total=len(items))
+    task = progress.add_task(f"refusal {name}", total=len(items), note="")
     metrics = run.run_refusal(engine, items, out / f"{name}-refusal.jsonl", name, judge,
                               on_item=lambda: progress.advance(task))
     metrics["judge"] = getattr(judge, "name", None)
