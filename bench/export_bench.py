@@ -43,7 +43,11 @@ BASE = ROOT / "models" / "hf" / MODEL
 QUANTS = ("Q8_0", "Q4_K_M")
 TARGET = 1.10
 
-MERGE = ("merge the adapter into the fp32 base", "save the merged model")
+MERGE = ("import torch, transformers and peft", "merge the adapter into the fp32 base",
+         "save the merged model")
+# main-line work of an export that runs beside or inside the parity stage: without a parity
+# check it would be on the main line, so the strict ratio adds it back
+HIDDEN = ("sha256 of the files (a thread)", "delete the merged HF folder (in the parity stage)")
 # stages of the parity check (the F32 twin's conversion runs beside its checks; export.json
 # "alongside_s" has its time)
 PARITY = ("HF reference logits", "parity checks")
@@ -190,7 +194,7 @@ def _measure(mode: str, src: Path, out: Path, tmp: Path) -> dict:
     return res
 
 
-def _split(lp: dict, stages: dict) -> dict:
+def _split(lp: dict, stages: dict, side: dict) -> dict:
     merge = sum(v for k, v in stages.items() if k in MERGE)
     parity = sum(v for k, v in stages.items() if k in PARITY)
     convq = sum(v for k, v in stages.items() if k.startswith(("convert to", "quantize to")))
@@ -200,6 +204,8 @@ def _split(lp: dict, stages: dict) -> dict:
             "parity": parity,
             "other": total - merge - convq - parity,
             "total_minus_parity_merge": total - parity - merge,
+            "hidden": sum(side.get(k, 0.0) for k in HIDDEN),
+            "strict": total - parity - merge + sum(side.get(k, 0.0) for k in HIDDEN),
             "total_minus_parity": total - parity}
 
 
@@ -254,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                     info = json.loads((out / "export.json").read_text())
                     res["timings_s"] = info.get("timings_s", {})
                     res["alongside_s"] = info.get("alongside_s", {})
-                    res["split"] = _split(res, res["timings_s"])
+                    res["split"] = _split(res, res["timings_s"], res["alongside_s"])
                     res["parity_passed"] = info.get("parity", {}).get("passed")
                 res["sizes"] = {p.name: p.stat().st_size for p in sorted(out.glob("*.gguf"))}
                 shutil.rmtree(out, ignore_errors=True)
@@ -283,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     side = {k: _med([r["alongside_s"].get(k, 0.0) for r in lp]) for k in lp[0]["alongside_s"]}
     print(f"| localpeer export | total (merge, convert F16, quantize, parity) "
           f"| {S['total']:.1f} | {lp_mb} (own {lp_self}, child {lp_kid}) | {lp_sum} |")
-    print(f"| localpeer export | merge + save merged (stages) | {S['merge']:.1f} | | |")
+    print(f"| localpeer export | import torch/transformers/peft + merge + save merged "
+          f"(stages) | {S['merge']:.1f} | | |")
     print(f"| localpeer export | convert F16 + quantize from F16 (stages) "
           f"| {S['convert_quantize']:.1f} | | |")
     for k, v in side.items():
@@ -308,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in pstage.items():
             print(f"| peer | {k} | {v:.1f} | | |")
         ratio = {"total_minus_parity_merge": S["total_minus_parity_merge"] / pw,
+                 "strict": S["strict"] / pw,
                  "total_minus_parity": S["total_minus_parity"] / pw,
                  "convert_quantize_stages": S["convert_quantize"] / pw,
                  "peak_rss": lp_mb / max(pe_self, pe_kid)}
@@ -320,10 +328,17 @@ def main(argv: list[str] | None = None) -> int:
               f"{ratio['total_minus_parity']:.2f}; convert+quantize stages / peer = "
               f"{ratio['convert_quantize_stages']:.2f}; "
               f"peak RSS ratio {ratio['peak_rss']:.2f}")
-        ok = ratio["total_minus_parity_merge"] <= TARGET
+        per = [(r["localpeer"]["split"]["strict"] / r["peer"]["wall_s"],
+                r["localpeer"]["split"]["total_minus_parity_merge"] / r["peer"]["wall_s"])
+               for r in reps if not r["peer"].get("rc")]
+        print("per repeat, strict / as run: " + ", ".join(f"{a:.2f} / {b:.2f}" for a, b in per))
+        print(f"strict: (total − parity − merge + the hashes and the merged-folder deletion "
+              f"that ran beside or inside parity, {S['hidden']:.2f} s) / peer = "
+              f"{ratio['strict']:.2f}")
+        ok = ratio["strict"] <= TARGET
         out["target_pass"] = ok
-        print(f"{'PASS' if ok else 'MISS'}: target (total − parity − merge) ≤ "
-              f"{TARGET:.2f} × peer (got {ratio['total_minus_parity_merge']:.2f})")
+        print(f"{'PASS' if ok else 'MISS'}: target strict overhead ≤ {TARGET:.2f} × peer "
+              f"(got {ratio['strict']:.2f}; {ratio['total_minus_parity_merge']:.2f} as run)")
     else:
         print("\npeer failed: " + reps[0]["peer"].get("error", "")[-500:])
     if args.json:

@@ -231,6 +231,12 @@ def test_export_writes_checked_files_that_chat(exported):
     # the LoRA GGUF on the base F32 GGUF reproduces the merged HF model
     assert by_type["LORA"]["max_abs_last"] <= 1e-4 and by_type["LORA"]["max_abs"] <= 5e-4
     assert any("fallback" in n for n in info["notes"])  # 576-wide rows: no true Q4_K
+    # the F32 twin was converted beside the checks, checked, and not kept
+    assert info["alongside_s"]["convert to F32 (the parity twin, beside the checks)"] > 0
+    assert "F32" in by_type and not any(e["type"] == "F32" for e in info["files"])
+    assert list(info["timings_s"])[:4] == ["import torch, transformers and peft",
+                                           "merge the adapter into the fp32 base",
+                                           "save the merged model", "HF reference logits"]
     modelfile = (exported / "Modelfile").read_text()
     assert "FROM ./peer-Q4_K_M.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
 
@@ -273,12 +279,25 @@ def test_check_only_passes_then_fails_naming_a_changed_chat_template(exported, r
     assert "chat template differs" in err and "tokens differ" not in err
 
 
+def _converters_writing_into(out: Path) -> list[int]:
+    """pids of live processes whose command line names a file under `out`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            state = (proc / "stat").read_text().split()[2]
+        except (OSError, IndexError):
+            continue
+        if str(out) in cmdline and "convert_hf_to_gguf" in cmdline and state != "Z":
+            pids.append(int(proc.name))
+    return pids
+
+
 @pytest.mark.slow
-def test_killed_export_leaves_no_file_at_the_final_path(run1, tmp_path):
+def test_killed_export_leaves_no_file_at_the_final_path_and_no_converter(run1, tmp_path):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "localpeer", "export", str(run1), "--quant", "F16",
            "--out", str(out), "--quiet"]
-    # its own session: the converter child is killed with it
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -287,6 +306,13 @@ def test_killed_export_leaves_no_file_at_the_final_path(run1, tmp_path):
             assert proc.poll() is None, "export ended before writing a GGUF"
             assert time.monotonic() < deadline, "no .partial GGUF appeared"
             time.sleep(0.1)
+        assert _converters_writing_into(out)  # the converter is running ...
+        proc.kill()  # ... and only the export process is killed
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _converters_writing_into(out) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _converters_writing_into(out), "the converter outlived the export"
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -137,13 +137,14 @@ def _reference(stages: Stages, model, base_dir: Path):
     return stages.run("HF reference logits", reference)
 
 
-def _merge(base_dir: Path, adapter: Path):
+def _import_merge_libraries() -> None:
+    """torch, transformers and peft, which the merge and the HF reference need (and nothing
+    else in an export): its own stage so that its cost is visible."""
+    import peft  # noqa: F401
     import torch
-
-    from localpeer.export import merge
+    import transformers  # noqa: F401
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    return merge.merged_model(base_dir, adapter)
 
 
 class Alongside:
@@ -159,15 +160,24 @@ class Alongside:
         self.timings: dict[str, float] = {}
 
     def hash(self, key: str, fn, *args) -> None:
-        self.hashes[key] = self.pool.submit(fn, *args)
+        def timed():
+            t = time.perf_counter()
+            digest = fn(*args)
+            label = "sha256 of the files (a thread)"
+            self.timings[label] = round(self.timings.get(label, 0.0) + time.perf_counter() - t,
+                                        2)
+            return digest
+        self.hashes[key] = self.pool.submit(timed)
 
     def digest(self, key: str) -> str:
         return self.hashes[key].result()
 
     def close(self) -> None:
-        for job in self.jobs:
-            job.kill()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        try:
+            for job in self.jobs:
+                job.kill()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[str, ...],
@@ -191,7 +201,9 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
     side = Alongside()
     try:
         side.hash("adapter", adapter_sha256, adapter)
-        model = stages.run("merge the adapter into the fp32 base", _merge, base_dir, adapter)
+        stages.run("import torch, transformers and peft", _import_merge_libraries)
+        model = stages.run("merge the adapter into the fp32 base", merge.merged_model,
+                           base_dir, adapter)
         merged = stages.run("save the merged model", merge.merge_adapter, base_dir, adapter,
                             work / "merged-hf", model=model)
         from localpeer.train.reference import base_fingerprint
@@ -232,32 +244,35 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
             side.timings["convert to F32 (the parity twin, beside the checks)"] = round(
                 twin_job.seconds, 1)
             side.timings["waited for the F32 twin"] = round(time.perf_counter() - t, 1)
+            t = time.perf_counter()
             shutil.rmtree(merged)  # its last reader was the twin's converter
+            side.timings["delete the merged HF folder (in the parity stage)"] = round(
+                time.perf_counter() - t, 2)
             twin_report = parity.check_export(ref, {"F32": twin})
             if not args.keep_f32:
                 twin.unlink()
             return parity.merge_reports(report, twin_report)
 
         report = stages.run("parity checks", checks)
-        if args.keep_f32:
-            side.hash("F32", sha256_file, twin)
         if not report.passed:
             raise WorkFailed("parity check failed, nothing was written to "
                              f"{out}:\n  " + "\n  ".join(report.failures))
+        if args.keep_f32:
+            side.hash("F32", sha256_file, twin)
         keep = {"F32": twin, **files} if args.keep_f32 else dict(files)
         if lora:
             keep["LORA-F32"] = lora[1]
         target = files.get("Q4_K_M", files[quants[0]] if quants else files["F16"])
         (work / "Modelfile").write_text(_modelfile(name, target.name, tok.eos_token))
         t = time.perf_counter()
+        digests = {key: side.digest(key) for key in [*keep, "base", "adapter"]}
+        stages.timings["wait for the hashes"] = round(time.perf_counter() - t, 1)
         entries = [{"file": p.name, "type": ty, "size": p.stat().st_size,
-                    "sha256": side.digest(ty)} for ty, p in keep.items()]
+                    "sha256": digests[ty]} for ty, p in keep.items()]
         sources = {"run_dir": str(run), "base_dir": str(base_dir),
-                   "base_sha256": side.digest("base"),
-                   "adapter_sha256": side.digest("adapter"),
+                   "base_sha256": digests["base"], "adapter_sha256": digests["adapter"],
                    "llama_cpp_python": converter.check_llama_cpp_version(),
                    "converter": converter.converter_info(conv)}
-        stages.timings["wait for the hashes"] = round(time.perf_counter() - t, 1)
         info = {
             "format": 1, "name": name,
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -332,7 +347,7 @@ def run_export(args) -> int:
     run = Path(args.run_dir)
     names = parse_quants(args.quant)
     quants = tuple(q for q in names if q not in ("F16", "F32", "ALL_F32"))
-    args.keep_f32 = args.keep_f32 or "F32" in names  # --quant F32 keeps the parity twin
+    args.keep_f32 = args.keep_f32 or bool({"F32", "ALL_F32"} & set(names))  # keep the twin
     adapter = _check_run(run)
     check_llama_cpp_version()
     name = args.name or run.resolve().name

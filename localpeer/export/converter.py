@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,58 +138,66 @@ def _env(folder: Path) -> dict:
     return env
 
 
-def _die_with_parent():
-    """preexec_fn for converter processes: on Linux, SIGKILL them when the export process
-    dies, so a killed export leaves no converter writing into its work folder."""
-    prctl = _die_with_parent.prctl
-    if prctl is not None:
-        prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-
-
-def _libc_prctl():
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not after the fork
-    except (OSError, AttributeError):
-        return None
-
-
-_die_with_parent.prctl = _libc_prctl()
+# Converter processes die with the export: the child asks Linux for SIGKILL when its parent
+# dies (PR_SET_PDEATHSIG) and then runs the script, so a killed export leaves no converter
+# writing into its work folder. Done in the child's own interpreter, not in a preexec_fn (which
+# runs between fork and exec, unsafe while the export's hashing thread is alive, and refused on
+# Windows); elsewhere than Linux the script simply runs.
+_BOOTSTRAP = """\
+import ctypes, os, runpy, sys
+parent, script = int(sys.argv[1]), sys.argv[2]
+try:
+    ctypes.CDLL(None).prctl(ctypes.c_int(1), ctypes.c_ulong(9))  # PR_SET_PDEATHSIG, SIGKILL
+except (OSError, AttributeError):
+    pass
+if os.getppid() != parent:  # the parent died before prctl took effect
+    sys.exit(1)
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
 
 
 class Job:
     """A converter script running in the background, writing `outfile` through a temporary
-    name: `wait()` renames it on success or raises WorkFailed with the script's stderr;
-    `kill()` stops it and removes the partial file. The log goes to a file beside the output
-    (a pipe nobody reads would stall the converter once it fills)."""
+    name: `wait()` renames it on success or raises WorkFailed with the script's log;
+    `kill()` (also what an exception or Ctrl-C inside `wait()` does) stops it and removes the
+    partial file. The log goes to a file beside the output (a pipe nobody reads would stall
+    the converter once it fills). `seconds` is the script's run time, start to exit."""
 
     def __init__(self, folder: Path, script: str, args: list[str], outfile: Path):
         self.script, self.outfile = script, Path(outfile).resolve()
         self.tmp = self.outfile.with_name(self.outfile.name + ".partial")
         self.log_path = self.outfile.with_name(self.outfile.name + ".convert.log")
-        cmd = [sys.executable, str(folder / script), *args, "--outfile", str(self.tmp)]
-        log.debug("running %s", cmd)
+        cmd = [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), str(folder / script),
+               *args, "--outfile", str(self.tmp)]
+        log.debug("running %s", cmd[3:])
         self.started = time.perf_counter()
         self.seconds: float | None = None
         with self.log_path.open("w") as fh:
             self.proc = subprocess.Popen(cmd, env=_env(folder), cwd=str(folder),
                                          stdout=fh, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL,
-                                         preexec_fn=_die_with_parent)
+                                         stdin=subprocess.DEVNULL)
+        self._reaper = threading.Thread(target=self._reap, daemon=True)
+        self._reaper.start()
+
+    def _reap(self) -> None:
+        self.proc.wait()
+        self.seconds = time.perf_counter() - self.started
 
     def wait(self) -> Path:
         try:
-            rc = self.proc.wait()
-            self.seconds = time.perf_counter() - self.started
+            while self._reaper.is_alive():
+                self._reaper.join(0.2)  # a timed join: Ctrl-C gets through
+            rc = self.proc.returncode
             if rc != 0:
                 tail = self.log_path.read_text(errors="replace")[-3000:]
                 raise WorkFailed(f"{self.script} failed (exit {rc}) writing "
                                  f"{self.outfile.name}:\n{tail}")
             os.replace(self.tmp, self.outfile)
             return self.outfile
+        except BaseException:
+            self.kill()
+            raise
         finally:
             self.tmp.unlink(missing_ok=True)
             self.log_path.unlink(missing_ok=True)
@@ -196,7 +205,7 @@ class Job:
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+        self._reaper.join()
         self.tmp.unlink(missing_ok=True)
         self.log_path.unlink(missing_ok=True)
 

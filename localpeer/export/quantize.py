@@ -28,7 +28,8 @@ def valid_quants() -> list[str]:
 
 
 def parse_quants(text: str) -> tuple[str, ...]:
-    """'q4_k_m,Q8_0' -> ('Q4_K_M', 'Q8_0'); F16 is always written (from the F32 conversion)."""
+    """'q4_k_m,Q8_0' -> ('Q4_K_M', 'Q8_0'); F16 is always written (the conversion's output),
+    F32 keeps the parity twin."""
     names = [t.strip().upper() for t in text.split(",") if t.strip()]
     if not names:
         raise InputError("--quant is empty; e.g. --quant Q4_K_M,Q8_0")

@@ -125,10 +125,14 @@ def _load_peft(recipe: Recipe, path: Path, device: torch.device, card_targets) -
                              layers_to_transform=layers)
     model = peft.get_peft_model(model, config)
     # the packed layout: segment attention on an sdpa model (index tensors, see
-    # train/segments.py), a dense 4-D mask on an eager one; other kernels get plain batches
-    packed = recipe.train.share_prompt and (
+    # train/segments.py), a dense 4-D mask on an eager one; other kernels, and models whose
+    # attention is not plain causal (sliding windows ...), get plain batches
+    packed = recipe.train.share_prompt and segments.plain_attention(model.config) and (
         segments.enable(model.get_base_model())
         or getattr(model.config, "_attn_implementation", "sdpa") == "eager")
+    if recipe.train.share_prompt and not packed:
+        log.info("train.share_prompt: this model's attention (%s) cannot take packed rows; "
+                 "plain batches", getattr(model.config, "_attn_implementation", "?"))
     return Policy(model, tokenizer, "peft", device, quantized,
                   share_prompt=packed)
 

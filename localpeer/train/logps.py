@@ -213,8 +213,9 @@ def _pattern(model, batch, device) -> dict:
     """The packed attention pattern in the form the model takes: index tensors for a model
     switched to segment attention, else a dense additive (G, 1, T, T) mask."""
     if segments.enabled(model):
-        return {segments.LAYOUT_KEY: {k: v.to(device) for k, v in batch["segments"].items()},
-                "attention_mask": None}
+        layout = {k: v.to(device) if torch.is_tensor(v) else v
+                  for k, v in batch["segments"].items()}
+        return {segments.LAYOUT_KEY: layout, "attention_mask": None}
     dtype = model.get_input_embeddings().weight.dtype
     if not dtype.is_floating_point:
         dtype = torch.float32

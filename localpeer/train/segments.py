@@ -37,7 +37,7 @@ LAYOUT_KEY = "localpeer_segments"
 
 
 def segment_layout(prompt_lens: list[int], segments: list[tuple[int, int, int]],
-                   width: int) -> dict[str, torch.Tensor]:
+                   width: int) -> dict:
     """Index tensors for `segment_attention`. prompt_lens: per row; segments: (row, start, n)
     for every response; width: the packed row length T. Flat indices are row * T + position."""
     P, R = max(prompt_lens), max(n for _, _, n in segments)
@@ -55,7 +55,7 @@ def segment_layout(prompt_lens: list[int], segments: list[tuple[int, int, int]],
     prompt_dest = torch.cat([g * width + torch.arange(n) for g, n in enumerate(prompt_lens)])
     return {"q_index": q_index, "k_index": k_index, "mask": mask, "seg_src": seg_src,
             "seg_dest": q_index.flatten()[seg_src], "prompt_src": prompt_src,
-            "prompt_dest": prompt_dest, "prompt_width": torch.tensor(P)}
+            "prompt_dest": prompt_dest, "prompt_width": P}  # an int: no device sync per layer
 
 
 def _expand_heads(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -78,7 +78,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
                                       dropout=dropout, scaling=scaling, **kwargs)
     G, Hq, T, d = query.shape
     groups = Hq // key.shape[1]
-    P = int(layout["prompt_width"])
+    P = layout["prompt_width"]
     # the prompts: causal over the first P positions of every row
     prompt = F.scaled_dot_product_attention(
         query[:, :, :P], _expand_heads(key[:, :, :P], groups),
@@ -108,10 +108,26 @@ def register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
 
+def plain_attention(config) -> bool:
+    """True when every layer is plain causal attention over the whole sequence: what the
+    packed layout (segments or the dense block mask) reproduces exactly. Sliding windows,
+    per-layer attention types, logit soft-capping and attention sinks are not modelled."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
+        return False
+    if any(t != "full_attention" for t in (getattr(cfg, "layer_types", None) or [])):
+        return False
+    return not any(getattr(cfg, k, None) for k in ("attn_logit_softcapping",
+                                                   "final_logit_softcapping", "sinks"))
+
+
 def enable(model) -> bool:
-    """Switch an sdpa model to the segment attention; False (unchanged) for any other."""
+    """Switch an sdpa model with plain attention to the segment attention; False (unchanged)
+    for any other."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return getattr(model.config, "_attn_implementation", None) == NAME
+    if not plain_attention(model.config):
+        return False
     register()
     model.set_attn_implementation(NAME)
     return model.config._attn_implementation == NAME
