@@ -335,10 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"strict: (total − parity − merge + the hashes and the merged-folder deletion "
               f"that ran beside or inside parity, {S['hidden']:.2f} s) / peer = "
               f"{ratio['strict']:.2f}")
-        ok = ratio["strict"] <= TARGET
+        # the target is judged on the median of the per-repeat (paired) ratios: each repeat
+        # runs both sides back to back, so a slow spell of this shared machine hits both
+        paired = {"strict": _med([a for a, _ in per]), "as_run": _med([b for _, b in per])}
+        out["paired_median_ratios"] = paired
+        ok = paired["strict"] <= TARGET
         out["target_pass"] = ok
-        print(f"{'PASS' if ok else 'MISS'}: target strict overhead ≤ {TARGET:.2f} × peer "
-              f"(got {ratio['strict']:.2f}; {ratio['total_minus_parity_merge']:.2f} as run)")
+        print(f"{'PASS' if ok else 'MISS'}: target strict overhead ≤ {TARGET:.2f} × peer, "
+              f"median of the per-repeat ratios: {paired['strict']:.2f} "
+              f"({paired['as_run']:.2f} as run)")
     else:
         print("\npeer failed: " + reps[0]["peer"].get("error", "")[-500:])
     if args.json:

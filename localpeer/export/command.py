@@ -183,10 +183,10 @@ class Alongside:
 def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[str, ...],
             stages: Stages) -> dict:
     """The main line is what calling the converter and the quantizer directly would do:
-    convert to F16, quantize each type from it, nothing running beside it. The parity check's
-    work comes before (the HF reference logits, while the merged model is still in memory)
-    and after (the F32 twin converts and a thread hashes the files while the others are
-    checked)."""
+    convert to F16, quantize each type from it, with a thread hashing each finished file
+    beside it. The parity check's work comes before (the HF reference logits, while the
+    merged model is still in memory) and after (the F32 twin converts while the other files
+    are checked)."""
     from localpeer.export import converter, merge, parity
     from localpeer.export.quantize import quantize
 
@@ -214,14 +214,16 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
         files = {"F16": work / f"{name}-F16.gguf"}
         stages.run("convert to F16", converter.convert_model, merged, files["F16"], "f16",
                    conv)
+        # each file is hashed (in a thread, on the other core) as soon as it is complete,
+        # while the quantizer makes the next one
+        side.hash("F16", sha256_file, files["F16"])
         notes = []
         for q in quants:
             files[q], note = stages.run(f"quantize to {q}", quantize, files["F16"],
                                         work / f"{name}-{q}.gguf", q)
+            side.hash(q, sha256_file, files[q])
             if note:
                 notes.append(note)
-        for q, path in files.items():  # hashed beside the parity checks
-            side.hash(q, sha256_file, path)
         # the parity reference's twin (fp32, like HF) converts while the other files are
         # checked; it is checked last
         twin = work / f"{name}-F32.gguf"
