@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| localpeer export | convert F16 + quantize from F16 (stages) "
           f"| {S['convert_quantize']:.1f} | | |")
     for k, v in side.items():
-        print(f"| localpeer export | within parity: {k} | ({v:.1f}) | | |")
+        print(f"| localpeer export | beside the stages: {k} | ({v:.1f}) | | |")
     print(f"| localpeer export | parity (HF reference logits; checks, the F32 twin beside them) "
           f"| {S['parity']:.1f} | | |")
     print(f"| localpeer export | other (startup, imports, renames; of which waiting for hashes "
