@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from localpeer.errors import InputError, WorkFailed
-from localpeer.formats import sha256_file
+from localpeer.formats import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 GGUF_ROOT = Path("models") / "gguf"
@@ -180,6 +180,93 @@ class Alongside:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _convert_and_quantize(stages: Stages, side: Alongside, conv: Path, merged: Path,
+                          work: Path, name: str, quants: tuple[str, ...]):
+    """The main line: the merged folder to F16, then each quant from the F16; each file is
+    hashed (in a thread, on the other core) as soon as it is complete, while the quantizer
+    makes the next one. Returns ({type: path}, notes)."""
+    from localpeer.export import converter
+    from localpeer.export.quantize import quantize
+
+    files = {"F16": work / f"{name}-F16.gguf"}
+    stages.run("convert to F16", converter.convert_model, merged, files["F16"], "f16", conv)
+    side.hash("F16", sha256_file, files["F16"])
+    notes = []
+    for q in quants:
+        files[q], note = stages.run(f"quantize to {q}", quantize, files["F16"],
+                                    work / f"{name}-{q}.gguf", q)
+        side.hash(q, sha256_file, files[q])
+        if note:
+            notes.append(note)
+    return files, notes
+
+
+def _lora_files(stages: Stages, side: Alongside, conv: Path, adapter: Path, base_dir: Path,
+                work: Path, name: str) -> tuple[Path, Path]:
+    """(base F32 GGUF, LoRA GGUF): the adapter for `llama-cli --lora`, and the base it is
+    checked on."""
+    from localpeer.export import converter, merge
+
+    staged = merge.stage_adapter(adapter, work / "adapter")
+    lora_file = stages.run("convert the adapter to a LoRA GGUF", converter.convert_lora,
+                           staged, base_dir, work / f"{name}-lora-F32.gguf", "f32", conv)
+    side.hash("LORA-F32", sha256_file, lora_file)
+    base_f32 = stages.run("convert the base to F32 (parity: the adapter check)",
+                          converter.convert_model, base_dir, work / "base-F32.gguf", "f32",
+                          conv)
+    return base_f32, lora_file
+
+
+def _parity_checks(side: Alongside, ref, files: dict, lora, twin_job, merged: Path,
+                   keep_f32: bool):
+    """Check the files while the F32 twin converts, then the twin; the merged folder goes
+    once the twin's converter, its last reader, is done."""
+    from localpeer.export import parity
+
+    report = parity.check_export(ref, files, lora)
+    t = time.perf_counter()
+    twin_job.wait()
+    side.timings["convert to F32 (the parity twin, beside the checks)"] = round(
+        twin_job.seconds, 1)
+    side.timings["waited for the F32 twin"] = round(time.perf_counter() - t, 1)
+    t = time.perf_counter()
+    shutil.rmtree(merged)
+    side.timings["delete the merged HF folder (in the parity stage)"] = round(
+        time.perf_counter() - t, 2)
+    twin_report = parity.check_export(ref, {"F32": twin_job.outfile})
+    if not keep_f32:
+        twin_job.outfile.unlink()
+    return parity.merge_reports(report, twin_report)
+
+
+def _publish(stages: Stages, side: Alongside, out: Path, work: Path, keep: dict[str, Path],
+             target: Path, eos: str | None, name: str, sources: dict, conv: Path,
+             notes: list[str], report) -> dict:
+    """The Modelfile, then every kept file renamed into `out`, then export.json last."""
+    from localpeer.export import converter
+
+    (work / "Modelfile").write_text(_modelfile(name, target.name, eos))
+    t = time.perf_counter()
+    digests = {key: side.digest(key) for key in [*keep, "base", "adapter"]}
+    stages.timings["wait for the hashes"] = round(time.perf_counter() - t, 1)
+    info = {
+        "format": 1, "name": name,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "sources": {**sources, "base_sha256": digests["base"],
+                    "adapter_sha256": digests["adapter"],
+                    "llama_cpp_python": converter.check_llama_cpp_version(),
+                    "converter": converter.converter_info(conv)},
+        "files": [{"file": p.name, "type": ty, "size": p.stat().st_size,
+                   "sha256": digests[ty]} for ty, p in keep.items()]
+        + [_file_entry(work / "Modelfile", "Modelfile")],
+        "notes": notes, "parity": report.to_dict(), "timings_s": stages.timings,
+        "alongside_s": side.timings}
+    for p in [*keep.values(), work / "Modelfile"]:
+        os.replace(p, out / p.name)
+    atomic_write_text(out / "export.json", json.dumps(info, indent=1) + "\n")
+    return info
+
+
 def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[str, ...],
             stages: Stages) -> dict:
     """The main line is what calling the converter and the quantizer directly would do:
@@ -187,8 +274,7 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
     beside it. The parity check's work comes before (the HF reference logits, while the
     merged model is still in memory) and after (the F32 twin converts while the other files
     are checked)."""
-    from localpeer.export import converter, merge, parity
-    from localpeer.export.quantize import quantize
+    from localpeer.export import converter, merge
 
     conv = converter.find_converter()
     base_dir = _base_dir(run)
@@ -211,19 +297,7 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
         side.hash("base", base_fingerprint, base_dir)
         tok, ref = _reference(stages, model, base_dir)
         del model  # before the converter runs: it needs the memory more
-        files = {"F16": work / f"{name}-F16.gguf"}
-        stages.run("convert to F16", converter.convert_model, merged, files["F16"], "f16",
-                   conv)
-        # each file is hashed (in a thread, on the other core) as soon as it is complete,
-        # while the quantizer makes the next one
-        side.hash("F16", sha256_file, files["F16"])
-        notes = []
-        for q in quants:
-            files[q], note = stages.run(f"quantize to {q}", quantize, files["F16"],
-                                        work / f"{name}-{q}.gguf", q)
-            side.hash(q, sha256_file, files[q])
-            if note:
-                notes.append(note)
+        files, notes = _convert_and_quantize(stages, side, conv, merged, work, name, quants)
         # the parity reference's twin (fp32, like HF) converts while the other files are
         # checked; it is checked last
         twin = work / f"{name}-F32.gguf"
@@ -231,31 +305,9 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
         side.jobs.append(twin_job)
         lora = None
         if args.adapter:
-            staged = merge.stage_adapter(adapter, work / "adapter")
-            lora_file = stages.run("convert the adapter to a LoRA GGUF", converter.convert_lora,
-                                   staged, base_dir, work / f"{name}-lora-F32.gguf", "f32", conv)
-            side.hash("LORA-F32", sha256_file, lora_file)
-            base_f32 = stages.run("convert the base to F32 (parity: the adapter check)",
-                                  converter.convert_model, base_dir, work / "base-F32.gguf",
-                                  "f32", conv)
-            lora = (base_f32, lora_file)
-        def checks():
-            report = parity.check_export(ref, files, lora)
-            t = time.perf_counter()
-            twin_job.wait()
-            side.timings["convert to F32 (the parity twin, beside the checks)"] = round(
-                twin_job.seconds, 1)
-            side.timings["waited for the F32 twin"] = round(time.perf_counter() - t, 1)
-            t = time.perf_counter()
-            shutil.rmtree(merged)  # its last reader was the twin's converter
-            side.timings["delete the merged HF folder (in the parity stage)"] = round(
-                time.perf_counter() - t, 2)
-            twin_report = parity.check_export(ref, {"F32": twin})
-            if not args.keep_f32:
-                twin.unlink()
-            return parity.merge_reports(report, twin_report)
-
-        report = stages.run("parity checks", checks)
+            lora = _lora_files(stages, side, conv, adapter, base_dir, work, name)
+        report = stages.run("parity checks", _parity_checks, side, ref, files, lora, twin_job,
+                            merged, args.keep_f32)
         if not report.passed:
             raise WorkFailed("parity check failed, nothing was written to "
                              f"{out}:\n  " + "\n  ".join(report.failures))
@@ -265,28 +317,8 @@ def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[
         if lora:
             keep["LORA-F32"] = lora[1]
         target = files.get("Q4_K_M", files[quants[0]] if quants else files["F16"])
-        (work / "Modelfile").write_text(_modelfile(name, target.name, tok.eos_token))
-        t = time.perf_counter()
-        digests = {key: side.digest(key) for key in [*keep, "base", "adapter"]}
-        stages.timings["wait for the hashes"] = round(time.perf_counter() - t, 1)
-        entries = [{"file": p.name, "type": ty, "size": p.stat().st_size,
-                    "sha256": digests[ty]} for ty, p in keep.items()]
-        sources = {"run_dir": str(run), "base_dir": str(base_dir),
-                   "base_sha256": digests["base"], "adapter_sha256": digests["adapter"],
-                   "llama_cpp_python": converter.check_llama_cpp_version(),
-                   "converter": converter.converter_info(conv)}
-        info = {
-            "format": 1, "name": name,
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "sources": sources,
-            "files": entries + [_file_entry(work / "Modelfile", "Modelfile")],
-            "notes": notes, "parity": report.to_dict(), "timings_s": stages.timings,
-            "alongside_s": side.timings}
-        for p in [*keep.values(), work / "Modelfile"]:
-            os.replace(p, out / p.name)
-        from localpeer.formats import atomic_write_text
-
-        atomic_write_text(out / "export.json", json.dumps(info, indent=1) + "\n")
+        info = _publish(stages, side, out, work, keep, target, tok.eos_token, name,
+                        {"run_dir": str(run), "base_dir": str(base_dir)}, conv, notes, report)
         return info
     finally:
         side.close()
