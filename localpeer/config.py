@@ -31,7 +31,8 @@ class DataConfig:
 class TrainConfig:
     steps: int = 100  # optimizer steps
     batch_size: int = 8  # pairs per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_accum: int = 1  # micro-batches per optimizer step (pairs per step: batch_size * this)
+    micro_batch_tokens: int = 0  # >0: micro-batches filled with whole records up to these tokens
     lr: float = 1e-4  # peak learning rate (AdamW)
     warmup_steps: int = 10  # linear warmup, then cosine decay to 10% of lr
     weight_decay: float = 0.0  # AdamW weight decay on the LoRA weights
@@ -43,7 +44,7 @@ class TrainConfig:
     eval_pairs: int = 0  # cap on held-out pairs per eval (0 = all)
     checkpoint_every: int = 25  # checkpoint interval (steps); also on Ctrl-C
     seed: int = 0  # data order, LoRA init and dropout
-    optimizer: str = "auto"  # auto (paged 8-bit AdamW on CUDA, else adamw) | paged_adamw_8bit
+    optimizer: str = "auto"  # auto (paged 8-bit on CUDA) | adamw | adamw_8bit | paged_adamw_8bit
     cache_reference: bool = True  # precompute reference log-probs once, cached on disk
     share_prompt: bool = True  # one packed row per prompt (prompt once, golden once); peft only
 
@@ -88,7 +89,7 @@ class Recipe:
 
 CHOICES = {"quantize": ("none", "nf4"), "backend": ("auto", "peft", "unsloth"),
            "dtype": ("auto", "float32", "bfloat16", "float16"), "dpo.loss": ("sigmoid", "ipo"),
-           "train.optimizer": ("auto", "adamw", "paged_adamw_8bit")}
+           "train.optimizer": ("auto", "adamw", "adamw_8bit", "paged_adamw_8bit")}
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:

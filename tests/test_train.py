@@ -174,12 +174,18 @@ def _same(a, b):
         assert v == pytest.approx(b["lambdas"][k], abs=1e-6), k
 
 
-def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
-    whole = recipe_for(tiny, tmp_path / "whole", "lagrangian.dual_lr=0.5",
-                       "lagrangian.tolerance=0.0", steps=8)
+@pytest.mark.parametrize("optimizer", ["adamw", "adamw_8bit", "paged_adamw_8bit"])
+def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path, optimizer):
+    """Interrupted at step 5 (SIGINT, as Ctrl-C), resumed, the metrics equal those of the
+    uninterrupted run to 1e-6, with each optimizer a run can choose; the bitsandbytes 8-bit
+    ones, CUDA's default, run on the CPU too. lora.rank=64 makes the LoRA A matrices 4,096
+    elements, bitsandbytes' threshold for 8-bit state, so the nested quantization state is
+    checkpointed and restored."""
+    extra = ("lagrangian.dual_lr=0.5", "lagrangian.tolerance=0.0",
+             f"train.optimizer={optimizer}", "lora.rank=64", "train.checkpoint_every=2")
+    whole = recipe_for(tiny, tmp_path / "whole", *extra, steps=8)
     train(whole, load_policy(whole, tiny))
-    cut = recipe_for(tiny, tmp_path / "cut", "lagrangian.dual_lr=0.5",
-                     "lagrangian.tolerance=0.0", steps=8)
+    cut = recipe_for(tiny, tmp_path / "cut", *extra, steps=8)
 
     def interrupt(line):
         if line["step"] == 5:
@@ -188,6 +194,9 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
     with pytest.raises(WorkFailed, match="checkpoint at step 5"):
         train(cut, load_policy(cut, tiny), on_step=interrupt)
     assert len(_step_lines(tmp_path / "cut" / "run" / "metrics.jsonl")) == 5
+    if optimizer != "adamw":
+        meta = (tmp_path / "cut" / "run" / "checkpoints" / "step-5" / "state.json").read_text()
+        assert "__bnb_optimizer_quant_state__" in meta  # 8-bit state, nested, was stored
     train(cut, load_policy(cut, tiny), resume=True)
     a = _step_lines(tmp_path / "whole" / "run" / "metrics.jsonl")
     b = _step_lines(tmp_path / "cut" / "run" / "metrics.jsonl")
@@ -195,6 +204,31 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
     assert any(v > 0 for v in a[-1]["lambdas"].values())  # the duals moved and were restored
     for x, y in zip(a, b):
         _same(x, y)
+
+
+def test_micro_batches_by_tokens_give_the_same_steps(tiny, tmp_path, monkeypatch):
+    """The loss of a step does not depend on how its pairs are split into micro-batches: a
+    token budget that splits every step into several micro-batches gives the metrics of one
+    micro-batch a step (to float32 rounding)."""
+    from localpeer.train import loop
+
+    splits = []
+    real = loop.micro_batches
+    monkeypatch.setattr(loop, "micro_batches",
+                        lambda *a: (lambda out: splits.append(len(out)) or out)(real(*a)))
+    lines = {}
+    for budget in (0, 96):
+        got = []
+        splits.clear()
+        recipe = recipe_for(tiny, tmp_path / str(budget), f"train.micro_batch_tokens={budget}",
+                            "train.cache_reference=false", steps=3)
+        train(recipe, load_policy(recipe, tiny), on_step=got.append)
+        lines[budget] = got
+        assert splits == [1] * 3 if budget == 0 else min(splits) >= 2
+    for x, y in zip(lines[0], lines[96]):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-5)
+        for d in x["dims"]:
+            assert x["dims"][d]["loss"] == pytest.approx(y["dims"][d]["loss"], abs=1e-5)
 
 
 def test_nan_loss_stops_and_names_the_last_good_checkpoint(tiny, tmp_path, monkeypatch):

@@ -38,12 +38,25 @@ class Policy:
     share_prompt: bool = False  # batches in the packed shared-prompt layout (logps.collate)
 
 
+# `backend: auto` picks unsloth only where it wins over the run's length. unsloth compiles
+# every decoder block before its first step (on an H200, a 1.0 B Llama had finished no step
+# after 100 s, against seconds for peft), so it pays off only once its per-step saving has
+# repaid that start-up: the break-even, in optimizer steps, that bench/gpu_unsloth.py
+# measures (`break_even_steps`: compile time / (peft s per step - unsloth s per step), on the
+# same model and batch). Until a measurement is recorded here, auto keeps peft everywhere.
+UNSLOTH_BREAK_EVEN_STEPS: int | None = None
+
+
 def resolve_backend(recipe: Recipe) -> str:
+    """`peft` or `unsloth`. auto: unsloth when CUDA is there, unsloth is installed and the
+    run has at least UNSLOTH_BREAK_EVEN_STEPS steps (never while that is unmeasured)."""
     cuda = torch.cuda.is_available()
     if recipe.backend == "unsloth" and not cuda:
         raise InputError("backend=unsloth needs a CUDA GPU; set backend: peft (or auto)")
     if recipe.backend == "auto":
-        return "unsloth" if cuda and available("unsloth") else "peft"
+        pays_off = (UNSLOTH_BREAK_EVEN_STEPS is not None
+                    and recipe.train.steps >= UNSLOTH_BREAK_EVEN_STEPS)
+        return "unsloth" if cuda and pays_off and available("unsloth") else "peft"
     return recipe.backend
 
 

@@ -2,9 +2,17 @@
 
     checkpoints/step-N/
         adapter.safetensors     LoRA weights
-        optimizer.safetensors   AdamW moments (keys "<param index>.<name>")
-        state.json              optimizer hyper-parameters and step counts, scheduler, duals,
-                                loss EMAs, sampler cursor, torch RNG, the step, last metrics
+        optimizer.safetensors   every tensor of optimizer.state_dict(), keyed by its path
+                                ("state/0/exp_avg", "state/0/__bnb_optimizer_quant_state__/...")
+        state.json              the rest of optimizer.state_dict() (its nesting, numbers and
+                                hyper-parameters, tensors by path), scheduler, duals, loss EMAs,
+                                sampler cursor, the step, last metrics
+        state.safetensors       duals, loss EMAs, torch RNG
+
+The optimizer state is stored whatever its nesting: torch's AdamW keeps flat per-parameter
+moments, bitsandbytes' 8-bit optimizers (AdamW8bit, PagedAdamW8bit) nest their quantization
+maps and block maxima under "__bnb_optimizer_quant_state__". The same code saves and loads
+both, on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -20,19 +28,62 @@ from safetensors.torch import load_file, save_file
 from localpeer.formats import atomic_write_text
 
 
+def _encode(value, path: str, tensors: dict[str, torch.Tensor], seen: dict | None = None):
+    """Optimizer state of any nesting -> JSON data, its tensors moved into `tensors` under their
+    path ("/state/3/__bnb_optimizer_quant_state__/absmax1"). Dict keys keep their type (torch
+    numbers parameters by int, bitsandbytes nests string keys), tuples stay tuples, and 0-dim
+    tensors stay tensors of their own dtype, so the load gives back exactly what was saved.
+    A tensor that several entries share (bitsandbytes' quantization maps, one for all
+    parameters) is stored once and referenced by its first path, so it is shared again after
+    the load; safetensors refuses tensors that share memory."""
+    seen = {} if seen is None else seen
+    if torch.is_tensor(value):
+        same = (value.device, value.data_ptr(), value.dtype, tuple(value.shape),
+                tuple(value.stride()))
+        if same not in seen:
+            seen[same] = path
+            tensors[path] = value.detach().to("cpu", copy=True).contiguous()
+        return {"tensor": seen[same]}
+    if isinstance(value, dict):
+        return {"dict": [[_key(k), _encode(v, f"{path}/{k}", tensors, seen)]
+                         for k, v in value.items()]}
+    if isinstance(value, list | tuple):
+        kind = "tuple" if isinstance(value, tuple) else "list"
+        return {kind: [_encode(v, f"{path}/{i}", tensors, seen) for i, v in enumerate(value)]}
+    if value is None or isinstance(value, bool | int | float | str):
+        return {"value": value}
+    raise TypeError(f"optimizer state at {path} holds a {type(value).__name__}, which a "
+                    "checkpoint cannot store without pickle")
+
+
+def _key(k) -> list:
+    if isinstance(k, bool) or not isinstance(k, int | str):
+        raise TypeError(f"optimizer state key {k!r} is neither an int nor a string")
+    return ["int" if isinstance(k, int) else "str", k]
+
+
+def _decode(node, tensors: dict[str, torch.Tensor]):
+    (kind, body), = node.items()
+    if kind == "tensor":
+        return tensors[body]
+    if kind == "dict":
+        return {int(k) if t == "int" else k: _decode(v, tensors) for (t, k), v in body}
+    if kind in ("list", "tuple"):
+        items = [_decode(v, tensors) for v in body]
+        return tuple(items) if kind == "tuple" else items
+    return body
+
+
 def _optimizer_split(optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for idx, state in sd["state"].items():
-        for name, value in state.items():
-            if torch.is_tensor(value) and value.dim() > 0:
-                tensors[f"{idx}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{idx}.{name}"] = float(value)
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    """(tensors for optimizer.safetensors, JSON for state.json) of optimizer.state_dict()."""
+    tensors: dict[str, torch.Tensor] = {}
+    return tensors, {"format": 2, "state_dict": _encode(optimizer.state_dict(), "", tensors)}
 
 
 def _optimizer_join(tensors: dict, meta: dict) -> dict:
+    if meta.get("format") == 2:
+        return _decode(meta["state_dict"], tensors)
+    # format 1 (checkpoints written before 2026-12): flat "<param>.<name>" keys, scalars as floats
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         idx, name = key.split(".", 1)

@@ -25,6 +25,7 @@ import torch
 
 from localpeer.config import Recipe, recipe_dict
 from localpeer.data.personaknob import read_records, record_pairs
+from localpeer.deps import require
 from localpeer.errors import InputError, WorkFailed
 from localpeer.formats import append_jsonl, atomic_write_text
 from localpeer.train import lagdpo
@@ -42,7 +43,7 @@ from localpeer.train.reference import (
     compute_reference,
     reference_logps,
 )
-from localpeer.train.sampler import RecordSampler, StratifiedSampler
+from localpeer.train.sampler import RecordSampler, StratifiedSampler, token_micro_batches
 
 log = logging.getLogger(__name__)
 
@@ -112,25 +113,36 @@ def lr_lambda(recipe: Recipe) -> Callable[[int], float]:
     return f
 
 
+OPTIMIZERS = {  # train.optimizer -> (module, class); the 8-bit ones run on CPU too
+    "adamw": ("torch.optim", "AdamW"),
+    "adamw_8bit": ("bitsandbytes.optim", "AdamW8bit"),
+    "paged_adamw_8bit": ("bitsandbytes.optim", "PagedAdamW8bit"),
+}
+
+
+def resolve_optimizer(choice: str, device: torch.device) -> str:
+    """`auto` is paged 8-bit AdamW on CUDA (its state pages to host memory under pressure),
+    plain AdamW elsewhere; any explicit choice is kept, on any device."""
+    if choice == "auto":
+        return "paged_adamw_8bit" if device.type == "cuda" else "adamw"
+    return choice
+
+
 def make_optimizer(recipe: Recipe, policy: Policy):
     params = [p for p in policy.model.parameters() if p.requires_grad]
-    choice = recipe.train.optimizer
-    if choice == "auto":
-        choice = "paged_adamw_8bit" if policy.device.type == "cuda" else "adamw"
-    if choice == "paged_adamw_8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.PagedAdamW8bit(params, lr=recipe.train.lr,
-                                        weight_decay=recipe.train.weight_decay)
-    return torch.optim.AdamW(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
+    module, name = OPTIMIZERS[resolve_optimizer(recipe.train.optimizer, policy.device)]
+    cls = getattr(require(module, "train"), name)
+    return cls(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
 
 
 def _metrics_line(step, loss, lr, tokens_per_s, dims, stats, state, weights) -> dict:
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available()
-            else _rss_mb())
+    cuda = torch.cuda.is_available()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb()
+    reserved = {"peak_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)} \
+        if cuda else {}  # what the card must hold: the caching allocator's pool
     return {
         "step": step, "loss": float(loss), "lr": lr, "tokens_per_s": tokens_per_s,
-        "peak_mem_mb": round(peak, 1),
+        "peak_mem_mb": round(peak, 1), **reserved,
         "dims": {d: {"loss": float(stats.loss[k]), "loss_ema": float(state.loss_ema[k]),
                      "margin": float(stats.margin[k]), "accuracy": float(stats.accuracy[k]),
                      "weight": float(weights[k]), "pairs": int(stats.pairs[k])}
@@ -252,49 +264,71 @@ def _truncate_metrics(run: Path, step: int) -> None:
         atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
+def micro_batches(data: RunData, mine: list[int], recipe: Recipe,
+                  share_prompt: bool) -> list[list[int]]:
+    """This rank's pairs of one step as micro-batches: by padded token count when
+    `train.micro_batch_tokens` is set (a small model on a big card then runs many pairs at
+    once), else `train.grad_accum` equal slices."""
+    if recipe.train.micro_batch_tokens > 0:
+        return token_micro_batches(mine, [data.train[i] for i in mine],
+                                   recipe.train.micro_batch_tokens, share_prompt)
+    micro = max(len(mine) // recipe.train.grad_accum, 1)
+    return [mine[m:m + micro] for m in range(0, len(mine), micro)]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting: a plain `.to("cuda")` of pageable memory
+    synchronises with the GPU (it waits for every queued kernel), a pinned non-blocking copy
+    is queued behind them."""
+    if device.type != "cuda" or t.device.type == "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: torch.Tensor,
                     ref_train: LazyReference | None, recipe: Recipe, dist: Dist, pad_id: int):
     """Forward and backward over this rank's share of one global batch, micro-batch by
-    micro-batch. Returns the global per-dimension pair counts, the per-dimension sums of
-    (loss, margin, h > 0) over all ranks, the step's weighted loss and this rank's tokens."""
+    micro-batch. Returns the global per-dimension pair counts (host), the (3, K) per-dimension
+    sums of (loss, margin, h > 0) over all ranks and the step's weighted loss (both on the
+    device), and this rank's tokens.
+
+    Nothing in here waits for the GPU (tests/gpu checks it with torch's sync debug mode): host
+    tensors go over as pinned non-blocking copies and the statistics add up on the device; the
+    caller's one copy back is the step's only synchronisation."""
     K = len(data.dims)
+    device = policy.device
     loss_fn = lagdpo.LOSSES[recipe.dpo.loss]
     step_counts = torch.bincount(torch.tensor([data.train[i].dim for i in batch]), minlength=K)
     share = -(-len(batch) // dist.world)  # contiguous shares keep a record's pairs together
     mine = batch[dist.rank * share:(dist.rank + 1) * share]
-    micro = max(len(mine) // recipe.train.grad_accum, 1)
-    sums = [torch.zeros(K, dtype=torch.float64) for _ in range(3)]
-    tokens, total = 0, 0.0
-    for m in range(0, len(mine), micro):
-        ids = mine[m:m + micro]
+    counts_dev, weights_dev = to_device(step_counts, device), to_device(weights, device)
+    sums = torch.zeros(3, K, dtype=torch.float64, device=device)  # loss, margin, h > 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
+    for ids in micro_batches(data, mine, recipe, policy.share_prompt):
         chunk = [data.train[i] for i in ids]
         tensors = collate(chunk, pad_id, policy.share_prompt)
         if ref_train is None:  # reference forward with the adapter off, per batch
-            ref = compute_reference(policy, chunk, len(chunk), pad_id)
+            ref = compute_reference(policy, chunk, len(chunk), pad_id, keep_on_device=True)
         else:  # cached: computed the first time a pair is drawn
             ref = ref_train.get(ids, chunk)
         pc, pr = sequence_logps(policy.model, tensors)
-        ref = ref.to(pc.device)
+        ref = to_device(ref, device)
         h = lagdpo.dpo_margins(pc, pr, ref[:, 0], ref[:, 1], recipe.dpo.beta)
         losses = loss_fn(h, recipe.dpo.beta)
-        dim_idx = torch.tensor([p.dim for p in chunk], device=h.device)
-        loss = lagdpo.weighted_loss(losses, dim_idx, step_counts.to(h.device),
-                                    weights.to(h.device))
+        dim_idx = to_device(torch.tensor([p.dim for p in chunk]), device)
+        loss = lagdpo.weighted_loss(losses, dim_idx, counts_dev, weights_dev)
         loss.backward()
-        total += float(loss.detach())
-        tokens += int(tensors["attention_mask"].sum())
-        for acc, values in zip(sums, (losses, h, (h > 0).float())):
-            acc += lagdpo.per_dimension_sums(values.detach().double().cpu(), dim_idx.cpu(),
-                                             K)[0]
-    for acc in sums:
-        dist.all_sum(acc)
+        total += loss.detach()
+        tokens += int(tensors["attention_mask"].sum())  # a host tensor: no sync
+        for row, values in enumerate((losses, h, (h > 0).float())):
+            sums[row].index_add_(0, dim_idx, values.detach().double())
     # each rank's loss is its share of sum_k w_k L_k (global N_k), so the exact gradient is
-    # the sum over ranks
+    # the sum over ranks; on the device, where NCCL reduces
     for p in policy.model.parameters():
         if p.grad is not None:
             dist.all_sum(p.grad)
-    total = float(dist.all_sum(torch.tensor([total], dtype=torch.float64))[0])
-    return step_counts, sums, total, tokens
+    return step_counts, dist.all_sum(sums), dist.all_sum(total), tokens
 
 
 def train(recipe: Recipe, policy: Policy, resume: bool = False,
@@ -351,6 +385,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
             weights = lagdpo.lagrangian_weights(duals.lambdas, lag_cfg.clip_weights)
             step_counts, sums, total, tokens = accumulate_step(
                 policy, data, batch, weights, ref_train, recipe, dist, pad_id)
+            sums, total = sums.cpu(), float(total)  # the step's one wait for the GPU
             if not math.isfinite(total):
                 raise WorkFailed(
                     f"the loss became {total} at step {step}; nothing from this step was kept. "
@@ -363,7 +398,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             counts = step_counts.double().clamp(min=1)
-            stats = lagdpo.PairStats(*(acc / counts for acc in sums), step_counts)
+            stats = lagdpo.PairStats(*(sums / counts), step_counts)
             duals = lagdpo.dual_step(duals, stats.loss.float(), step_counts > 0, lag_cfg)
             seconds = time.perf_counter() - t0
             last = _metrics_line(step, total, scheduler.get_last_lr()[0],

@@ -59,8 +59,10 @@ def cache_key(policy, pairs: list[TokenizedPair], recipe) -> str:
 
 
 def compute_reference(policy, pairs: list[TokenizedPair], batch_size: int,
-                      pad_id: int) -> torch.Tensor:
-    """(N, 2) reference log-probs of (chosen, rejected), adapter disabled, no gradients.
+                      pad_id: int, keep_on_device: bool = False) -> torch.Tensor:
+    """(N, 2) reference log-probs of (chosen, rejected), adapter disabled, no gradients, in
+    fp32: on the CPU, or with `keep_on_device` where the model is (the training loop's
+    per-batch and lazy references: a copy to the host would wait for the GPU).
 
     With train.cache_reference off, the loop calls this on each micro-batch instead."""
     out = []
@@ -70,7 +72,8 @@ def compute_reference(policy, pairs: list[TokenizedPair], batch_size: int,
         for start in range(0, len(pairs), batch_size):
             pc, pr = sequence_logps(policy.model, collate(pairs[start:start + batch_size],
                                                           pad_id, policy.share_prompt))
-            out.append(torch.stack([pc, pr], dim=1).float().cpu())
+            both = torch.stack([pc, pr], dim=1).float()
+            out.append(both if keep_on_device else both.cpu())
     policy.model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 2)
 
@@ -94,37 +97,50 @@ class LazyReference:
     """Reference log-probs of the training pairs, each computed the first time it is used.
 
     Rows not yet computed are NaN, on disk too; a complete file from `reference_logps` is
-    simply all known."""
+    simply all known. The values live on the policy's device and which rows are known is
+    tracked on the host, so a lookup never waits for the GPU; `save` copies them back (at a
+    checkpoint)."""
 
     def __init__(self, policy, pairs: list[TokenizedPair], recipe, pad_id: int):
         self.policy, self.pad_id = policy, pad_id
         self.path = CACHE / f"{cache_key(policy, pairs, recipe)}.safetensors"
-        self.logps = torch.full((len(pairs), 2), float("nan"))
+        logps = torch.full((len(pairs), 2), float("nan"))
         if self.path.exists():
             stored = load_file(str(self.path))["logps"]
-            if stored.shape == self.logps.shape:
-                self.logps = stored.clone()
+            if stored.shape == logps.shape:
+                logps = stored.clone()
+        self.is_known = ~logps.isnan().any(dim=1)  # (N,) bool, on the host
+        self.logps = logps.to(policy.device)
         self.dirty = False
 
     @property
     def known(self) -> int:
-        return int((~self.logps.isnan().any(dim=1)).sum())
+        return int(self.is_known.sum())
 
     def get(self, ids: list[int], chunk: list[TokenizedPair]) -> torch.Tensor:
-        """(len(ids), 2) for the pairs `ids` (whose tokenized pairs are `chunk`)."""
-        new = [k for k, i in enumerate(ids) if self.logps[i].isnan().any()]
+        """(len(ids), 2) on the policy's device for the pairs `ids` (whose tokenized pairs are
+        `chunk`)."""
+        new = [k for k, i in enumerate(ids) if not self.is_known[i]]
         if new:
             values = compute_reference(self.policy, [chunk[k] for k in new], len(new),
-                                       self.pad_id)
-            self.logps[[ids[k] for k in new]] = values
+                                       self.pad_id, keep_on_device=True)
+            rows = [ids[k] for k in new]
+            self.logps[_index(rows, self.logps.device)] = values.to(self.logps.dtype)
+            self.is_known[rows] = True
             self.dirty = True
-        return self.logps[ids]
+        return self.logps[_index(ids, self.logps.device)]
 
     def save(self) -> None:
         if not self.dirty:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
-        save_file({"logps": self.logps.contiguous()}, str(tmp))
+        save_file({"logps": self.logps.cpu().contiguous()}, str(tmp))
         tmp.replace(self.path)
         self.dirty = False
+
+
+def _index(rows: list[int], device: torch.device) -> torch.Tensor:
+    """Row indices on `device` as a pinned non-blocking copy (no wait for the GPU)."""
+    t = torch.tensor(rows, dtype=torch.long)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t

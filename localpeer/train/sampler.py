@@ -145,3 +145,55 @@ class RecordSampler:
         self.order = list(state["order"])
         self.pos = state["pos"]
         self.waiting = list(state["waiting"])
+
+
+def padded_tokens(pairs: list, share_prompt: bool) -> int:
+    """Tokens the forward pass computes for these pairs, padding included: what
+    `logps.collate` builds. Packed (`share_prompt`): one row per distinct prompt holding the
+    prompt once and each distinct response once, rows padded to the longest. Plain: chosen and
+    rejected as separate rows, padded to the longest prompt + response."""
+    if share_prompt:
+        rows: dict[tuple, dict[tuple, int]] = {}
+        for p in pairs:
+            responses = rows.setdefault(tuple(p.prompt), {})
+            responses[tuple(p.chosen)] = len(p.chosen)
+            responses[tuple(p.rejected)] = len(p.rejected)
+        width = max(len(prompt) + sum(r.values()) for prompt, r in rows.items())
+        return len(rows) * width
+    width = max(len(p.prompt) + max(len(p.chosen), len(p.rejected)) for p in pairs)
+    return 2 * len(pairs) * width
+
+
+def token_micro_batches(ids: list[int], pairs: list, budget: int,
+                        share_prompt: bool) -> list[list[int]]:
+    """Split one step's pair indices (`pairs[i]` is pair `ids[i]`'s TokenizedPair, a record's
+    pairs adjacent) into micro-batches of at most `budget` padded tokens, in order.
+
+    A record's pairs stay in one micro-batch (they share a prompt and a golden in the packed
+    layout); a record too big for the budget is split pair by pair, and a pair bigger than the
+    budget runs alone. Example: records of 300, 300 and 500 tokens with a budget of 700 give
+    [[r1, r2], [r3]]. The loss of a step does not depend on the split: each pair is weighted
+    by the whole step's per-dimension counts (`lagdpo.weighted_loss`).
+    """
+    units: list[list[int]] = []  # positions into ids, one list per record
+    for k, p in enumerate(pairs):
+        if units and pairs[units[-1][0]].record_id == p.record_id:
+            units[-1].append(k)
+        else:
+            units.append([k])
+    out: list[list[int]] = []
+    current: list[int] = []
+
+    def cost(positions: list[int]) -> int:
+        return padded_tokens([pairs[k] for k in positions], share_prompt)
+
+    for unit in units:
+        pieces = [unit] if cost(unit) <= budget else [[k] for k in unit]
+        for piece in pieces:
+            if current and cost(current + piece) > budget:
+                out.append(current)
+                current = []
+            current = current + piece
+    if current:
+        out.append(current)
+    return [[ids[k] for k in batch] for batch in out]
