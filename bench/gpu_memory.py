@@ -14,21 +14,30 @@ folder: `load_policy` with quantize=nf4 (bitsandbytes, double quantization), bac
 dtype=auto (bf16), LoRA r=16 on all seven projections, gradient checkpointing on.
 
 What is measured bypasses the data layer: one preference pair of random token ids (prompt P,
-chosen R, rejected R tokens, so two sequences of P+R tokens, batch 1) goes through what one
-step of `localpeer.train.loop.train` does: the reference log-probs with the adapter off (as
-the loop's reference pass, before the step), then, timed for memory, `sequence_logps` with
-the adapter on, the sigmoid DPO loss, backward, gradient clipping and the optimizer the loop
-makes (`make_optimizer`: paged 8-bit AdamW on CUDA). `--steps` such steps run per setting.
+chosen R, rejected R tokens, batch 1) goes through what one step of
+`localpeer.train.loop.train` does: collated in the layout the loop uses for this policy (packed:
+one row of P + 2R positions, as the peft backend does on a Llama; else two rows of P + R), the
+reference log-probs with the adapter off (as the loop's reference pass, before the step),
+then, timed for memory, `sequence_logps` with the adapter on, the sigmoid DPO loss, backward,
+gradient clipping and the optimizer the loop makes (`make_optimizer`: paged 8-bit AdamW on
+CUDA). `--steps` such steps run per setting.
+
+The CUDA caching allocator runs as `localpeer train` runs it: PYTORCH_CUDA_ALLOC_CONF is set to
+expandable_segments:True before CUDA starts unless it is already set
+(`localpeer.train.memory.use_expandable_segments`); the report records what was in effect.
 
 Numbers are GiB (2**30 bytes), the unit of `localpeer.train.memory` and of `train --dry-run`:
-  measured_peak_gb   torch.cuda.max_memory_allocated over the steps (what metrics.jsonl's
-                     peak_mem_mb reports); the target applies to it
-  reserved_peak_gb   torch.cuda.max_memory_reserved (the caching allocator's pool)
+  allocated_peak_gb  torch.cuda.max_memory_allocated over the steps (what metrics.jsonl's
+                     peak_mem_mb reports)
+  reserved_peak_gb   torch.cuda.max_memory_reserved: the caching allocator's pool, what the
+                     card must hold; the target applies to it
   device_peak_gb     reserved_peak_gb + what the device already used before anything was
                      allocated (CUDA context); about what nvidia-smi shows. bitsandbytes'
                      paged optimizer state is CUDA managed memory, outside both counters
-  estimate_gb        `estimate(recipe, ModelShape.from_config(folder), targets, cuda=True)`
-                     with train.max_length = P + R, i.e. what `train --dry-run` prints
+  estimate_*_gb      `estimate(recipe, ModelShape.from_config(folder), targets, cuda=True,
+                     positions=<this batch's padded positions>)`: allocated, reserved (with the
+                     allocator mode in effect) and device; what `train --dry-run` prints for
+                     this batch (for the recipe it assumes the worst case, 2 x max_length)
 Exit status: 0 measured and within --target-gb, 1 measured and over it, 2 could not measure
 (no CUDA, too little disk, or an error: the JSON then says why).
 """
@@ -59,7 +68,8 @@ LLAMA_31_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_laye
 # bf16 safetensors of 8.03e9 parameters is 16.06e9 bytes; the margin covers the tokenizer and
 # the file system
 DISK_NEEDED_GB = 17.0
-TARGET_GB = 10.0
+# issue 11: what the caching allocator reserves for the 1,024 + 1,024 step fits an 8 GB card
+TARGET_GB = 8.0
 STAMP = ".localpeer-shape.json"
 
 
@@ -80,15 +90,19 @@ class Setting:
 
 @dataclass
 class StepMemory:
-    """One setting's measurement next to the estimate for the same recipe."""
+    """One setting's measurement next to the estimate for the same batch."""
 
     prompt_tokens: int
     response_tokens: int
-    max_length: int  # tokens of each of the 2 sequences (chosen, rejected), batch 1
-    measured_peak_gb: float  # torch.cuda.max_memory_allocated over the steps
-    reserved_peak_gb: float  # torch.cuda.max_memory_reserved over the steps
+    max_length: int  # train.max_length of the recipe: P + R
+    layout: str  # packed (one row: P + 2R) | separate (two rows of P + R)
+    positions: int  # padded token positions of the batch
+    allocated_peak_gb: float  # torch.cuda.max_memory_allocated over the steps
+    reserved_peak_gb: float  # torch.cuda.max_memory_reserved over the steps; the target's
     device_peak_gb: float  # reserved_peak_gb + the device's use before any allocation
-    estimate_gb: float  # `train --dry-run`'s total for this recipe
+    estimate_allocated_gb: float  # `train --dry-run`'s allocated for this batch
+    estimate_reserved_gb: float  # ... reserved, for the allocator mode in effect
+    estimate_device_gb: float  # ... reserved + CUDA context
     parts: dict  # the estimate's terms (weights_gb, lora_gb, ...)
     seconds_per_step: float
     loss: float  # the last step's loss (finite, or the step is worthless)
@@ -173,12 +187,16 @@ def recipe_for(model_dir: Path, setting: Setting, rank: int = 16):
         "train.gradient_checkpointing=true", f"lora.rank={rank}", "lora.dropout=0.0"])
 
 
-def estimate_for(model_dir: Path, setting: Setting, rank: int = 16):
+def estimate_for(model_dir: Path, setting: Setting, rank: int = 16,
+                 positions: int | None = None, expandable: bool | None = None):
+    """`train --dry-run`'s estimate for this setting's recipe; `positions`: the batch's padded
+    positions (default: the recipe's worst case, 2 x max_length)."""
     from localpeer.train.backends import COMMON_TARGETS
     from localpeer.train.memory import ModelShape, estimate
 
     recipe = recipe_for(model_dir, setting, rank)
-    return estimate(recipe, ModelShape.from_config(model_dir), COMMON_TARGETS, cuda=True)
+    return estimate(recipe, ModelShape.from_config(model_dir), COMMON_TARGETS, cuda=True,
+                    expandable=expandable, positions=positions)
 
 
 def random_pair(setting: Setting, vocab: int, seed: int):
@@ -218,12 +236,15 @@ def training_step(policy, optimizer, batch, ref, beta: float = 0.1,
 
 def measure(model_dir: Path, settings: list[Setting], rank: int = 16, steps: int = 2,
             seed: int = 0, log=print) -> tuple[list[StepMemory], dict]:
-    """Load the folder once through localpeer's nf4 path, then measure each setting."""
+    """Load the folder once through localpeer's nf4 path, then measure each setting. The
+    allocator's mode is whatever PYTORCH_CUDA_ALLOC_CONF said when CUDA started (`main` sets
+    it as `train` does, before that)."""
     import torch
 
     from localpeer.train.backends import load_policy
     from localpeer.train.logps import collate
     from localpeer.train.loop import make_optimizer
+    from localpeer.train.memory import expandable_segments
     from localpeer.train.reference import compute_reference
 
     torch.cuda.init()
@@ -234,22 +255,27 @@ def measure(model_dir: Path, settings: list[Setting], rank: int = 16, steps: int
     recipe = recipe_for(model_dir, settings[0], rank)
     policy = load_policy(recipe, model_dir)
     torch.cuda.synchronize()
+    expandable = expandable_segments(as_train_sets=False)  # what this process runs with
     loading = {"load_seconds": round(time.perf_counter() - t0, 1),
                "load_peak_gb": round(torch.cuda.max_memory_allocated() / GIB, 3),
                "weights_resident_gb": round(torch.cuda.memory_allocated() / GIB, 3),
                "cuda_context_gb": round(context_gb, 3),
                "gpu": torch.cuda.get_device_name(0),
-               "gpu_total_gb": round(total / GIB, 1)}
+               "gpu_total_gb": round(total / GIB, 1),
+               "expandable_segments": expandable,
+               "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}
     log(f"loaded in {loading['load_seconds']} s: {loading['weights_resident_gb']} GiB "
         f"resident, load peak {loading['load_peak_gb']} GiB")
     optimizer = make_optimizer(recipe, policy)
     tok = policy.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     vocab = policy.model.get_input_embeddings().weight.shape[0]
+    layout = "packed" if policy.share_prompt else "separate"
     results = []
     for k, setting in enumerate(settings):
         pair = random_pair(setting, vocab, seed + k)
-        batch = collate([pair], pad_id)
+        batch = collate([pair], pad_id, policy.share_prompt)  # as the loop collates
+        positions = int(batch["input_ids"].numel())
         ref = compute_reference(policy, [pair], 1, pad_id)  # (1, 2), before the step, as cached
         policy.model.train()
         gc.collect()
@@ -260,13 +286,13 @@ def measure(model_dir: Path, settings: list[Setting], rank: int = 16, steps: int
         losses = [training_step(policy, optimizer, batch, ref) for _ in range(steps)]
         torch.cuda.synchronize()
         seconds = (time.perf_counter() - t1) / steps
-        est = estimate_for(model_dir, setting, rank)
-        parts = {f.name: round(getattr(est, f.name), 3) for f in dataclasses.fields(est)}
+        est = estimate_for(model_dir, setting, rank, positions, expandable)
         reserved = torch.cuda.max_memory_reserved() / GIB
         results.append(StepMemory(
-            setting.prompt_tokens, setting.response_tokens, setting.max_length,
-            round(torch.cuda.max_memory_allocated() / GIB, 3), round(reserved, 3),
-            round(reserved + context_gb, 3), round(est.total_gb, 3), parts,
+            setting.prompt_tokens, setting.response_tokens, setting.max_length, layout,
+            positions, round(torch.cuda.max_memory_allocated() / GIB, 3), round(reserved, 3),
+            round(reserved + context_gb, 3), round(est.allocated_gb, 3),
+            round(est.reserved_gb, 3), round(est.device_gb, 3), est.parts(),
             round(seconds, 3), losses[-1]))
         log(text_line(results[-1]))
     return results, loading
@@ -274,14 +300,19 @@ def measure(model_dir: Path, settings: list[Setting], rank: int = 16, steps: int
 
 def text_line(r: StepMemory) -> str:
     return (f"prompt {r.prompt_tokens:>5} + response {r.response_tokens:>5} tokens "
-            f"(x2 sequences, batch 1): measured peak {r.measured_peak_gb:6.2f} GiB "
-            f"(reserved {r.reserved_peak_gb:.2f}, device ~{r.device_peak_gb:.2f}), "
-            f"estimate {r.estimate_gb:6.2f} GiB, {r.seconds_per_step:.2f} s/step")
+            f"({r.layout}, {r.positions:,} positions, batch 1): allocated "
+            f"{r.allocated_peak_gb:6.2f} GiB (estimate {r.estimate_allocated_gb:.2f}), reserved "
+            f"{r.reserved_peak_gb:6.2f} GiB (estimate {r.estimate_reserved_gb:.2f}), device "
+            f"~{r.device_peak_gb:.2f} (estimate {r.estimate_device_gb:.2f}), "
+            f"{r.seconds_per_step:.2f} s/step")
 
 
 def report_text(report: dict) -> str:
     lines = [f"localpeer QLoRA step memory, {report.get('model', '')}",
-             f"gpu: {report.get('gpu', '?')}; target: measured peak <= {report['target_gb']} GiB"]
+             f"gpu: {report.get('gpu', '?')}; target: reserved peak <= "
+             f"{report['target_gb']} GiB (first setting)",
+             f"allocator: PYTORCH_CUDA_ALLOC_CONF={report.get('alloc_conf')} "
+             f"(expandable segments {'on' if report.get('expandable_segments') else 'off'})"]
     if report.get("error"):
         lines.append(f"NOT MEASURED: {report['error']}")
     for key in ("load_seconds", "load_peak_gb", "weights_resident_gb", "cuda_context_gb",
@@ -299,9 +330,14 @@ def report_text(report: dict) -> str:
 def run(args) -> tuple[dict, int]:
     import torch
 
+    from localpeer.train.memory import expandable_segments
+
     report: dict = {"model": "random Llama-3.1-8B shape, bf16 safetensors -> nf4 + LoRA r="
                              f"{args.rank}, gradient checkpointing, batch 1",
-                    "shape": LLAMA_31_8B, "target_gb": args.target_gb, "unit": "GiB (2**30)"}
+                    "shape": LLAMA_31_8B, "target_gb": args.target_gb,
+                    "target": "reserved_peak_gb of the first setting", "unit": "GiB (2**30)",
+                    "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
+                    "expandable_segments": expandable_segments(as_train_sets=False)}
     if not torch.cuda.is_available():
         report["error"] = "no CUDA device (torch.cuda.is_available() is False)"
         return report, 2
@@ -334,13 +370,15 @@ def run(args) -> tuple[dict, int]:
             shutil.rmtree(scratch, ignore_errors=True)
     first = results[0]
     report.update(loading)
-    report.update({"measured_peak_gb": first.measured_peak_gb,
+    report.update({"allocated_peak_gb": first.allocated_peak_gb,
                    "reserved_peak_gb": first.reserved_peak_gb,
                    "device_peak_gb": first.device_peak_gb,
-                   "estimate_gb": first.estimate_gb, "parts": first.parts,
+                   "estimate_allocated_gb": first.estimate_allocated_gb,
+                   "estimate_reserved_gb": first.estimate_reserved_gb,
+                   "parts": first.parts, "layout": first.layout,
                    "prompt_tokens": first.prompt_tokens,
                    "response_tokens": first.response_tokens,
-                   "within_target": first.measured_peak_gb <= args.target_gb,
+                   "within_target": first.reserved_peak_gb <= args.target_gb,
                    "settings": [dataclasses.asdict(r) for r in results],
                    "torch": torch.__version__})
     return report, 0 if report["within_target"] else 1
@@ -361,10 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
     parser.add_argument("--steps", type=int, default=2, help="steps per setting (default 2)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target-gb", type=float, default=TARGET_GB)
+    parser.add_argument("--target-gb", type=float, default=TARGET_GB,
+                        help=f"pass when the first setting's reserved peak is at most this "
+                             f"(GiB, default {TARGET_GB})")
     parser.add_argument("--json", help="also write the JSON here")
     parser.add_argument("--text", help="also write the text table here")
     args = parser.parse_args(argv)
+    # as `localpeer train` does, before anything starts CUDA: the allocator reads it once
+    from localpeer.train.memory import use_expandable_segments
+
+    use_expandable_segments()
     report, status = run(args)
     text = json.dumps(report, indent=2) + "\n"
     if args.json:

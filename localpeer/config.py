@@ -47,6 +47,7 @@ class TrainConfig:
     optimizer: str = "auto"  # auto (paged 8-bit on CUDA) | adamw | adamw_8bit | paged_adamw_8bit
     cache_reference: bool = True  # precompute reference log-probs once, cached on disk
     share_prompt: bool = True  # one packed row per prompt (prompt once, golden once); peft only
+    objective: str = "dpo"  # dpo (Lag-DPO) | sft: the goldens' token NLL, a baseline, no duals
 
 
 @dataclass(frozen=True)
@@ -65,12 +66,15 @@ class DpoConfig:
 
 
 @dataclass(frozen=True)
-class LagrangianSection:
-    tolerance: float = 0.5  # epsilon for every ordered pair of dimensions
+class LagrangianConfig:
+    """Lag-DPO's constraint and duals (METHOD.md §2); `localpeer.train.lagdpo` reads it."""
+
+    form: str = "leader"  # leader: L_k <= L* + eps*L0 | pairwise: the first version, for comparison
+    tolerance: float = 0.5  # eps: leader, a fraction of L0 (the zero-margin loss); pairwise, raw
     dual_lr: float = 0.05  # dual ascent step; 0 = plain multi-objective DPO
     lambda_max: float = 10.0  # projection bound of every lambda
     ema: float = 0.9  # EMA factor of the per-dimension losses
-    clip_weights: bool = True  # clip each Lagrangian weight at 0
+    clip_weights: bool = True  # pairwise only: clip each weight at 0 (leader weights are >= 1/K)
 
 
 @dataclass(frozen=True)
@@ -84,12 +88,13 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
-    lagrangian: LagrangianSection = field(default_factory=LagrangianSection)
+    lagrangian: LagrangianConfig = field(default_factory=LagrangianConfig)
 
 
 CHOICES = {"quantize": ("none", "nf4"), "backend": ("auto", "peft", "unsloth"),
            "dtype": ("auto", "float32", "bfloat16", "float16"), "dpo.loss": ("sigmoid", "ipo"),
-           "train.optimizer": ("auto", "adamw", "adamw_8bit", "paged_adamw_8bit")}
+           "train.optimizer": ("auto", "adamw", "adamw_8bit", "paged_adamw_8bit"),
+           "lagrangian.form": ("leader", "pairwise"), "train.objective": ("dpo", "sft")}
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:

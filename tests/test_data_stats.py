@@ -29,7 +29,28 @@ def test_stats_counts_and_length_ratios():
     assert {d: s.pairs for d, s in stats.dims.items()} == {"A": 4, "T": 2, "E": 3, "C": 2}
     assert stats.dims["A"].ratio.mean == 800 and stats.dims["E"].ratio.mean == 1200
     assert stats.domains == {"law": 3, "health": 2}
-    assert stats.warnings == []
+    # every A golden is longer than its reject, every other golden shorter: the length
+    # shortcut is complete in both directions, and said so
+    assert stats.dims["A"].longer_wins.value == 1.0 and stats.dims["T"].longer_wins.value == 0.0
+    assert len(stats.warnings) == 4 and all("longer response" in w for w in stats.warnings)
+
+
+def test_shortcut_baselines_worked_values():
+    """E pairs: goldens of 100, 100, 100 characters against rejects of 120, 90, 100 -> the
+    golden is longer once, shorter once, tied once: (1 + 0 + 0.5) / 3 = 0.5. Contractions:
+    2 vs 0, 0 vs 1, 1 vs 1 -> (1 + 0 + 0.5) / 3 = 0.5."""
+    data = rows()[1:4]  # masks AE, AE, TC: E pairs in the first two
+    goldens = ["I don't think it's " + "x" * 81, "x" * 100, "you're " + "x" * 93]
+    rejects = ["y" * 120, "it's " + "y" * 85, "we're " + "y" * 94]
+    data[2]["mask"], data[2]["reject_E"], data[2]["reject_T"], data[2]["reject_C"] = \
+        ["E"], None, None, None
+    for row, golden, reject in zip(data, goldens, rejects):
+        row["golden"], row["reject_E"] = golden, reject
+    stats = data_stats([record_from_json(r) for r in data])
+    e = stats.dims["E"]
+    assert e.longer_wins.n == 3 and e.longer_wins.value == pytest.approx(0.5)
+    assert e.more_contractions.value == pytest.approx(0.5)
+    assert 0.0 < e.longer_wins.low < 0.5 < e.longer_wins.high < 1.0
 
 
 def test_length_warning_when_rejects_are_systematically_short():

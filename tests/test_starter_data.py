@@ -16,6 +16,7 @@ from localpeer.data.personaknob import (
     read_records,
     record_pairs,
 )
+from localpeer.data.stats import data_stats
 
 ROOT = Path(__file__).resolve().parents[1] / "data" / "personaknob-starter"
 TEST_FRACTION = 0.2  # the fraction data/personaknob-starter/README.md documents
@@ -78,6 +79,20 @@ def _grams(record, n=5):
     text = " ".join([record.prompt, record.golden, *record.rejects.values()])
     words = re.findall(r"[a-z']+", text.lower())
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+@pytest.mark.parametrize("split", ["train", "test", "both"])
+def test_no_length_or_register_shortcut(splits, records, split):
+    """"The longer response wins" picks the golden in 40-60% of the pairs of every dimension,
+    and for E the golden has more contractions than the reject in 40-60% (ties half): a model
+    cannot score by length or register instead of the dimension. Held per split too, since
+    the held-out evaluation reads the test split alone."""
+    rows = records if split == "both" else splits[split]
+    stats = data_stats(rows)
+    for d, lengths in stats.dims.items():
+        assert 0.40 <= lengths.longer_wins.value <= 0.60, (d, str(lengths.longer_wins))
+    assert 0.40 <= stats.dims["E"].more_contractions.value <= 0.60, \
+        str(stats.dims["E"].more_contractions)
 
 
 def test_no_two_records_share_a_template(records):

@@ -1,6 +1,7 @@
 """The training loop on a tiny random Llama, CPU: collapse, QLoRA, resume, bad input."""
 
 import json
+import math
 import os
 import random
 import signal
@@ -24,10 +25,13 @@ def tiny(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def write_synthetic(path, per_dim=40, seed=0, dims="ATEC"):
+def write_synthetic(path, per_dim=40, seed=0, dims="ATEC", conflict=False):
     """Dimension A is trivially separable (every token differs); T, E and C differ in one
     final word, which a tiny LoRA learns slowly: the setting where plain multi-objective DPO
-    lets the easy dimension run away."""
+    lets the easy dimension run away. With `conflict`, that final word is "no" over "yes",
+    the opposite of A's preference ("yes" over "no"), so A's gradient, through the shared
+    LoRA weights, also pushes against the others: the leader drags the policy back."""
+    good, bad = ("no", "yes") if conflict else ("honey", "babies")
     rng = random.Random(seed)
     with open(path, "w") as f:
         for k, d in enumerate(d for d in dims for _ in range(per_dim)):
@@ -36,7 +40,7 @@ def write_synthetic(path, per_dim=40, seed=0, dims="ATEC"):
                 golden, reject = " ".join(["yes"] * 12), " ".join(["no"] * 12)
             else:
                 base = " ".join(rng.choice(WORDS) for _ in range(12))
-                golden, reject = base + " honey", base + " babies"
+                golden, reject = f"{base} {good}", f"{base} {bad}"
             rec = {"id": f"s{k}", "mask": [d], "seed_scene": "s", "context": "c",
                    "trigger": "t", "prompt": prompt, "golden": golden}
             rec.update({f"reject_{x}": reject if x == d else None for x in "ATEC"})
@@ -60,26 +64,52 @@ def ema_spread(line):
     return max(emas) - min(emas)
 
 
-def test_collapse_without_duals_and_balance_with_them(tiny, tmp_path):
-    """150 steps each. Plain multi-objective DPO (dual_lr=0) ends with the EMA loss spread
-    above the tolerance (observed about 0.63); the defaults end within tolerance + 0.05
-    (observed about 0.45), with lambda > 0 on the constraints of the lagging dimensions."""
-    ends = {}
-    for dual_lr in (0.0, 0.05):
+COLLAPSE_ARMS = {"off": ["lagrangian.dual_lr=0"],
+                 "leader": ["lagrangian.form=leader", "lagrangian.dual_lr=0.5"],
+                 "pairwise": ["lagrangian.form=pairwise", "lagrangian.dual_lr=0.5"]}
+
+
+def test_collapse_without_duals_and_lift_with_the_leader_form(tiny, tmp_path):
+    """The easy-dimension setup with a conflict (write_synthetic(conflict=True): A prefers
+    "yes", the others a final "no"), 60 steps an arm, the same seed and data. Without duals A
+    runs ahead and the spread of the EMA losses ends above eps * L0. With the leader form (the
+    default): the spread ends within eps * L0 + 0.05, every lagging dimension's held-out loss
+    ends lower than without duals, and the leader's held-out loss ends no more than 0.05 above
+    its duals-off value. The pairwise form (the first version, eps = 0.5 in raw loss units)
+    runs beside them and is printed, not held to the goal.
+
+    dual_lr is 0.5 here, ten times the default, because 60 steps stand in for a run of
+    hundreds: at the default the lambdas reach about 0.25 by step 60 and the same three checks
+    hold with less room (spread 0.388 against 0.397 when this test was written). max_length
+    128 cuts nothing; at 64, three quarters of the T/E/C pairs lost their final word, the only
+    difference, and became identical pairs that nothing can learn."""
+    bound = 0.5 * math.log(2)  # eps * L0, sigmoid
+    train_file = write_synthetic(tmp_path / "train.jsonl", conflict=True)
+    test_file = write_synthetic(tmp_path / "test.jsonl", per_dim=4, seed=1, conflict=True)
+    runs = {}
+    for arm, extra in COLLAPSE_ARMS.items():
         lines = []
-        recipe = recipe_for(tiny, tmp_path / str(dual_lr), f"lagrangian.dual_lr={dual_lr}",
-                            "train.cache_reference=false", steps=150)
-        train(recipe, load_policy(recipe, tiny), on_step=lines.append)
-        ends[dual_lr] = lines[-1]
-    tolerance = 0.5
-    assert ema_spread(ends[0.0]) > tolerance
-    assert all(v == 0.0 for v in ends[0.0]["lambdas"].values())
-    assert ema_spread(ends[0.05]) <= tolerance + 0.05
-    lam = ends[0.05]["lambdas"]
-    assert lam["T>A"] > 0 and lam["E>A"] > 0 and lam["C>A"] > 0
-    assert lam["A>T"] == lam["A>E"] == lam["A>C"] == 0.0
-    # the leading dimension is held back: its weight is clipped towards 0
-    assert ends[0.05]["dims"]["A"]["weight"] < 0.25
+        recipe = recipe_for(tiny, tmp_path / arm, *extra, "train.cache_reference=false",
+                            "train.max_length=128", f"data.train={train_file}",
+                            f"data.test={test_file}", steps=60)
+        summary = train(recipe, load_policy(recipe, tiny), on_step=lines.append)
+        runs[arm] = (lines[-1], {d: v["loss"] for d, v in summary["eval_after"].items()},
+                     summary["constraint"])
+    for arm, (last, held, constraint) in runs.items():
+        print(f"{arm:9s} spread {ema_spread(last):.3f} (bound {bound:.3f}) held-out "
+              + " ".join(f"{d} {v:.3f}" for d, v in held.items())
+              + f" lambdas {last['lambdas']} max spread {constraint['max_spread']:.3f}")
+    off, leader = runs["off"], runs["leader"]
+    assert ema_spread(off[0]) > bound  # the collapse this method exists for
+    assert not off[2]["engaged"] and leader[2]["engaged"]
+    assert ema_spread(leader[0]) <= bound + 0.05
+    first = min(off[1], key=off[1].get)  # the leader without duals: A
+    assert first == "A"
+    for d in "TEC":
+        assert leader[1][d] < off[1][d], (d, leader[1][d], off[1][d])
+    assert leader[1][first] <= off[1][first] + 0.05
+    lam = leader[0]["lambdas"]
+    assert lam["A"] == 0.0 and min(lam["T"], lam["E"], lam["C"]) > 0
 
 
 def test_metrics_lines_follow_the_contract(tiny, tmp_path):
@@ -88,11 +118,24 @@ def test_metrics_lines_follow_the_contract(tiny, tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [ln for ln in lines if ln.get("split") != "eval"]
     assert [ln["step"] for ln in steps] == [1, 2, 3]
-    for key in ("step", "loss", "lr", "tokens_per_s", "peak_mem_mb", "dims", "lambdas"):
+    for key in ("step", "loss", "lr", "tokens_per_s", "peak_mem_mb", "dims", "lambdas",
+                "best_loss"):
         assert key in steps[0]
     assert set(steps[0]["dims"]["A"]) == {"loss", "loss_ema", "margin", "accuracy", "weight",
                                           "pairs"}
-    assert len(steps[0]["lambdas"]) == 12 and "A>T" in steps[0]["lambdas"]
+    # the leader form (default): one lambda per dimension, L* the smallest EMA loss
+    assert set(steps[0]["lambdas"]) == set("ATEC")
+    for ln in steps:
+        assert ln["best_loss"] == pytest.approx(min(d["loss_ema"] for d in ln["dims"].values()))
+        for d in ln["dims"].values():
+            assert d["weight"] >= 0.25 - 1e-9  # w_k = 1/K + lambda_k
+    assert set(summary["constraint"]) >= {"form", "bound", "max_spread", "engaged"}
+    assert summary["constraint"]["bound"] == pytest.approx(0.5 * math.log(2))
+    pairwise = recipe_for(tiny, tmp_path / "pairwise", "lagrangian.form=pairwise", steps=1)
+    train(pairwise, load_policy(pairwise, tiny))
+    line = json.loads((tmp_path / "pairwise" / "run" / "metrics.jsonl").read_text()
+                      .splitlines()[1])
+    assert len(line["lambdas"]) == 12 and "A>T" in line["lambdas"]
     # stratified: every dimension has pairs in every step
     assert all(ln["dims"][d]["pairs"] >= 1 for ln in steps for d in "ATEC")
     evals = [ln for ln in lines if ln.get("split") == "eval"]
@@ -263,3 +306,16 @@ def test_cli_bad_recipe_and_missing_model(tmp_path, capsys):
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "localpeer pull" in err or "folder" in err
+
+
+def test_sft_objective_trains_the_goldens_without_duals(tiny, tmp_path):
+    """train.objective=sft (the ablation's baseline): the logged loss is the goldens' mean
+    token NLL (positive, falling over steps), the weights stay 1/K and no lambda moves."""
+    recipe = recipe_for(tiny, tmp_path, "train.objective=sft", "lagrangian.dual_lr=5.0",
+                        steps=6)
+    lines = []
+    summary = train(recipe, load_policy(recipe, tiny), on_step=lines.append)
+    assert all(ln["loss"] > 0 for ln in lines) and lines[-1]["loss"] < lines[0]["loss"]
+    assert all(v == 0.0 for ln in lines for v in ln["lambdas"].values())
+    assert all(d["weight"] == pytest.approx(0.25) for ln in lines for d in ln["dims"].values())
+    assert math.isfinite(lines[-1]["best_loss"]) and not summary["constraint"]["engaged"]

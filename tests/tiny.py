@@ -53,3 +53,15 @@ def make_tiny_model_dir(folder: Path, hidden: int = 64, layers: int = 2, seed: i
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+# A Llama-3-style template: a system block that is always there (with a date line, as Llama
+# 3.1's), header tokens around each role, an end-of-turn marker, content trimmed
+LLAMA3 = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+          "Cutting Knowledge Date: December 2023\n\n"
+          "{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] | trim }}"
+          "{% endif %}<|eot_id|>"
+          "{% for message in messages %}{% if message['role'] != 'system' %}"
+          "<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+          "{{ message['content'] | trim }}<|eot_id|>{% endif %}{% endfor %}"
+          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n"
+          "{% endif %}")

@@ -1,11 +1,16 @@
 """Counts and lengths of a PersonaKnob data set, for `localpeer data stats` and the tests.
 
+Per dimension it also gives the shortcut baselines a selection accuracy must beat (METHOD.md
+§4): how often "the longer response wins" picks the golden, and how often the golden has more
+contractions (a register shortcut), each with its n and Wilson 95% interval.
+
     from localpeer.data.stats import data_stats
     stats = data_stats(records, tokenize=None)
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +18,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from localpeer.data.personaknob import DIMS, Record, record_pairs
+from localpeer.rates import Rate
+
+CONTRACTION = re.compile(r"\b\w+['’](?:s|t|re|ve|ll|d|m)\b", re.IGNORECASE)
+
+
+def _wins(golden: list[float], reject: list[float]) -> Rate:
+    """How often the golden has the larger value, ties counting half."""
+    score = sum(1.0 if g > r else 0.5 if g == r else 0.0 for g, r in zip(golden, reject))
+    return Rate.of(score, len(golden))
+
+
+def contractions(text: str) -> int:
+    """Contractions in a text ("don't", "you're", "it’s"): a marker of informal register."""
+    return len(CONTRACTION.findall(text))
 
 
 @dataclass(frozen=True)
@@ -40,6 +59,8 @@ class DimensionLengths:
     golden_chars: LengthSummary
     reject_chars: LengthSummary
     ratio: LengthSummary  # reject / golden characters, x1000 (integers), per pair
+    longer_wins: Rate  # share of pairs whose golden is the longer response (chars; ties half)
+    more_contractions: Rate  # share whose golden has more contractions (ties half)
     golden_tokens: LengthSummary | None = None
     reject_tokens: LengthSummary | None = None
 
@@ -69,6 +90,9 @@ def data_stats(records: list[Record], tokenize: Callable[[str], int] | None = No
             LengthSummary.of([len(p.chosen) for p in mine]),
             LengthSummary.of([len(p.rejected) for p in mine]),
             LengthSummary.of([round(1000 * len(p.rejected) / len(p.chosen)) for p in mine]),
+            _wins([len(p.chosen) for p in mine], [len(p.rejected) for p in mine]),
+            _wins([contractions(p.chosen) for p in mine],
+                  [contractions(p.rejected) for p in mine]),
             LengthSummary.of([tokenize(p.chosen) for p in mine]) if tokenize else None,
             LengthSummary.of([tokenize(p.rejected) for p in mine]) if tokenize else None,
         )
@@ -77,6 +101,9 @@ def data_stats(records: list[Record], tokenize: Callable[[str], int] | None = No
         if lengths.pairs and not 600 <= lengths.ratio.mean <= 1400:
             warnings.append(f"reject_{d} averages {lengths.ratio.mean / 10:.0f}% of its golden's "
                             "length: DPO may learn length instead of the dimension")
+        if lengths.pairs and not 0.4 <= lengths.longer_wins.value <= 0.6:
+            warnings.append(f"{d}: the longer response is the golden in "
+                            f"{lengths.longer_wins}: a model can score that by length alone")
     return DataStats(
         records=len(records),
         graded_records=sum(r.graded for r in records),

@@ -18,7 +18,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from localpeer.report.train import sparkline
+from localpeer.report.train import constraint_sentence, sparkline
 
 DIMS = ("A", "T", "E", "C")
 NAMES = {"A": "anti-sycophancy", "T": "trustworthiness", "E": "empathy", "C": "creativity"}
@@ -199,9 +199,13 @@ def curves(inp: Inputs) -> Table:
         if max(lam) > 0:
             t.add_row(f"λ {key}", sparkline(_squeeze(lam)), f"{lam[0]:.3f} → {lam[-1]:.3f} (max "
                       f"{max(lam):.3f})")
-    if not any(max(m["lambdas"][k] for m in steps) > 0 for k in steps[-1].get("lambdas", {})):
+    constraint = (inp.summary or {}).get("constraint")
+    if constraint:
+        t.add_row("constraint", "", constraint_sentence(constraint))
+    elif not any(max(m["lambdas"][k] for m in steps) > 0 for k in steps[-1].get("lambdas", {})):
         t.add_row("λ (all constraints)", "", "0 throughout: no dimension ran away")
     return t
+
 
 
 def parity_text(inp: Inputs) -> Text:

@@ -63,6 +63,14 @@ def render_data_stats(stats: DataStats, console: Console) -> None:
             row.append(_arrow(lengths.golden_tokens, lengths.reject_tokens))
         dims.add_row(*row)
     console.print(dims)
+    shortcuts = Table("dim", "pairs", "longer wins", "more contractions", box=box.SIMPLE_HEAD,
+                      title="Shortcut baselines: how often the golden is the longer response "
+                      "(characters) or has more contractions, ties half, 95% interval; a "
+                      "selection accuracy must beat these")
+    for d, lengths in stats.dims.items():
+        shortcuts.add_row(d, str(lengths.pairs), _rate(lengths.longer_wins),
+                          _rate(lengths.more_contractions))
+    console.print(shortcuts)
     if stats.prompt_tokens is not None:
         console.print(f"prompt tokens: {_length(stats.prompt_tokens)}")
     if stats.domains:
@@ -98,3 +106,9 @@ def render_build_summary(summary, out: Path, console: Console) -> None:
         for reason, n in summary.rejected.most_common():
             table.add_row(Text(reason), str(n))
         console.print(table)
+
+
+def _rate(rate) -> str:
+    if not rate.n:
+        return "—"
+    return f"{rate.value:.0%} [{rate.low:.0%}–{rate.high:.0%}]"

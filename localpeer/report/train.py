@@ -36,9 +36,20 @@ def _dims_table(line: dict, last_eval: dict | None) -> Table:
                       f"{s['weight']:.3f}", f"{s['margin']:+.3f}",
                       "—" if held is None else f"{held:.2f}")
     active = {k: v for k, v in line["lambdas"].items() if v > 0}
+    best = line.get("best_loss")
     table.caption = ("λ: " + ", ".join(f"{k} {v:.3f}" for k, v in active.items())
-                     if active else "λ: all 0 (no constraint active)")
+                     if active else "λ: all 0 (no constraint active)") + (
+        f"   L* (best EMA loss) {best:.4f}" if best is not None else "")
     return table
+
+
+def dim_lambda(line: dict, d: str) -> float:
+    """λ of dimension d in a metrics line: its own (leader form) or, pairwise, the sum of the
+    λ of the constraints it leads (L_d - L_j <= ε)."""
+    lambdas = line["lambdas"]
+    if d in lambdas:
+        return lambdas[d]
+    return sum(v for k, v in lambdas.items() if k.startswith(f"{d}>"))
 
 
 @contextmanager
@@ -70,17 +81,28 @@ def train_live(console: Console, steps: int) -> Iterator[tuple]:
 
 def render_memory_estimate(recipe_yaml: str, est, total_gb: float | None,
                            console: Console) -> None:
+    """The resolved recipe, then the estimate's terms, allocated, reserved and the device total
+    (`localpeer.train.memory.MemoryEstimate`, GiB)."""
     console.print(Text("resolved recipe", style="bold"))
     console.print(Text(recipe_yaml))
-    table = Table("part", "GB", box=box.SIMPLE_HEAD, title="VRAM estimate")
+    table = Table("part", "GiB", box=box.SIMPLE_HEAD, title="VRAM estimate")
     for name, value in (("base weights", est.weights_gb),
                         (f"LoRA weights + grads ({est.lora_params:,} params)", est.lora_gb),
-                        ("optimizer", est.optimizer_gb), ("activations", est.activations_gb),
-                        ("logits", est.logits_gb), ("CUDA context", est.overhead_gb)):
+                        ("optimizer", est.optimizer_gb),
+                        (f"activations ({est.positions:,} positions)", est.activations_gb),
+                        ("logits (one chunk)", est.logits_gb)):
         table.add_row(name, f"{value:.2f}")
-    table.add_row(Text("total", style="bold"), Text(f"{est.total_gb:.2f}", style="bold"))
+    allocator = ("expandable segments" if est.expandable_segments else "default allocator")
+    table.add_row(Text("allocated", style="bold"), Text(f"{est.allocated_gb:.2f}", style="bold"))
+    table.add_row(Text(f"reserved (x{est.reserve_ratio:.2f}, {allocator})", style="bold"),
+                  Text(f"{est.reserved_gb:.2f}", style="bold"))
+    table.add_row("CUDA context", f"{est.overhead_gb:.2f}")
+    table.add_row(Text("on the GPU (reserved + context)", style="bold"),
+                  Text(f"{est.device_gb:.2f}", style="bold"))
+    table.caption = ("reserved is what PyTorch's caching allocator holds: the allocated peak "
+                     "times a ratio measured once (H200, 8B shape); an estimate")
     console.print(table)
-    console.print("detected GPU: " + (f"{total_gb:.1f} GB" if total_gb else
+    console.print("detected GPU: " + (f"{total_gb:.1f} GiB" if total_gb else
                                       "none (this is the estimate for a CUDA run)"))
 
 
@@ -90,12 +112,12 @@ def render_train_summary(run: Path, summary: dict, console: Console) -> None:
     evals = [ln for ln in lines if ln.get("split") == "eval"]
     console.print()
     table = Table("dim", "held-out selection acc before", "after", "train reward acc",
-                  "λ (as i, over steps)",
+                  "λ (over steps)",
                   box=box.SIMPLE_HEAD, title=f"run {run}")
     for d in summary.get("dims", []):
         before = summary["eval_before"].get(d, {}).get("selection_accuracy")
         after = summary["eval_after"].get(d, {}).get("selection_accuracy")
-        lam = [sum(v for k, v in ln["lambdas"].items() if k.startswith(f"{d}>")) for ln in steps]
+        lam = [dim_lambda(ln, d) for ln in steps]
         table.add_row(d, "—" if before is None else f"{before:.2f}",
                       "—" if after is None else f"{after:.2f}",
                       sparkline([ln["dims"][d]["accuracy"] for ln in steps]), sparkline(lam))
@@ -104,4 +126,18 @@ def render_train_summary(run: Path, summary: dict, console: Console) -> None:
         console.print("mean held-out selection accuracy: "
                       f"{summary['mean_accuracy_before']:.3f} -> "
                       f"{summary['mean_accuracy_after']:.3f}")
+    if summary.get("constraint"):
+        console.print("Lag-DPO: " + constraint_sentence(summary["constraint"]))
     console.print(f"adapter: {run / 'adapter'}   metrics: {run / 'metrics.jsonl'}")
+
+
+def constraint_sentence(c: dict) -> str:
+    """Whether Lag-DPO's tolerance bound in a run (summary.json "constraint"), in words."""
+    unit = "ε·L₀" if c["form"] == "leader" else "ε"
+    if not c["engaged"]:
+        return (f"no constraint bound during the run: the largest spread of the EMA losses was "
+                f"{c['max_spread']:.3f}, within {unit} = {c['bound']:.3f}, so this run was "
+                "plain multi-objective DPO")
+    return (f"bound ({c['form']} form): largest spread {c['max_spread']:.3f} against {unit} = "
+            f"{c['bound']:.3f}; λ > 0 in {c['steps_with_lambda']} steps from step "
+            f"{c['first_step_with_lambda']}, largest λ {c['max_lambda']:.3f}")

@@ -46,7 +46,7 @@ def dry_run(recipe, console) -> int:
 
     from localpeer.config import recipe_dict
     from localpeer.report import render_memory_estimate
-    from localpeer.train.memory import ModelShape, estimate, suggestions
+    from localpeer.train.memory import ModelShape, estimate, expandable_segments, suggestions
 
     cuda = torch.cuda.is_available()
     card = model_card(recipe)
@@ -57,17 +57,30 @@ def dry_run(recipe, console) -> int:
         if not card or not card.architecture:
             raise
         targets, shape = card.lora_targets, ModelShape.from_dict(card.architecture)
-    est = estimate(recipe, shape, targets or tuple(shape.linear_shapes()), cuda=True)
+    expandable = expandable_segments()  # as run_train has set it for this process
+    est = estimate(recipe, shape, targets or tuple(shape.linear_shapes()), cuda=True,
+                   expandable=expandable)
     total_gb = torch.cuda.get_device_properties(0).total_memory / 1024**3 if cuda else None
     render_memory_estimate(yaml.safe_dump(recipe_dict(recipe), sort_keys=False), est,
                            total_gb, console)
-    if total_gb is not None and est.total_gb > 0.95 * total_gb:
-        raise InputError(f"this recipe needs about {est.total_gb:.1f} GB but the GPU has "
-                         f"{total_gb:.1f} GB; try: " + "; ".join(suggestions(recipe)))
+    # the card must hold the allocator's whole pool (reserved), not only what is allocated
+    if total_gb is not None and est.device_gb > 0.95 * total_gb:
+        raise InputError(
+            f"this recipe needs about {est.device_gb:.1f} GiB ({est.reserved_gb:.1f} reserved by "
+            f"PyTorch's allocator for {est.allocated_gb:.1f} allocated, plus the CUDA context) "
+            f"but the GPU has {total_gb:.1f} GiB; try: " + "; ".join(suggestions(recipe,
+                                                                               expandable)))
     return 0
 
 
 def run_train(args) -> int:
+    # First, before anything imports torch: the CUDA caching allocator reads its settings once,
+    # at its first allocation, so a later change would be silently ignored
+    from localpeer.train.memory import ALLOC_CONF, EXPANDABLE, use_expandable_segments
+
+    if use_expandable_segments():
+        log.info("%s=%s (set by localpeer train; set the variable yourself to override)",
+                 ALLOC_CONF, EXPANDABLE)
     from rich.console import Console
 
     from localpeer.config import load_recipe

@@ -135,7 +135,7 @@ def make_optimizer(recipe: Recipe, policy: Policy):
     return cls(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
 
 
-def _metrics_line(step, loss, lr, tokens_per_s, dims, stats, state, weights) -> dict:
+def _metrics_line(step, loss, lr, tokens_per_s, dims, stats, state, weights, form) -> dict:
     cuda = torch.cuda.is_available()
     peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb()
     reserved = {"peak_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)} \
@@ -147,8 +147,8 @@ def _metrics_line(step, loss, lr, tokens_per_s, dims, stats, state, weights) -> 
                      "margin": float(stats.margin[k]), "accuracy": float(stats.accuracy[k]),
                      "weight": float(weights[k]), "pairs": int(stats.pairs[k])}
                  for k, d in enumerate(dims)},
-        "lambdas": {f"{a}>{b}": float(state.lambdas[i, j]) for i, a in enumerate(dims)
-                    for j, b in enumerate(dims) if i != j},
+        "lambdas": lagdpo.FORMS[form].named(state.lambdas, dims),
+        "best_loss": lagdpo.best_loss(state.loss_ema, state.seen),
     }
 
 
@@ -298,6 +298,7 @@ def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: to
     K = len(data.dims)
     device = policy.device
     loss_fn = lagdpo.LOSSES[recipe.dpo.loss]
+    sft = recipe.train.objective == "sft"
     step_counts = torch.bincount(torch.tensor([data.train[i].dim for i in batch]), minlength=K)
     share = -(-len(batch) // dist.world)  # contiguous shares keep a record's pairs together
     mine = batch[dist.rank * share:(dist.rank + 1) * share]
@@ -315,8 +316,12 @@ def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: to
         pc, pr = sequence_logps(policy.model, tensors)
         ref = to_device(ref, device)
         h = lagdpo.dpo_margins(pc, pr, ref[:, 0], ref[:, 1], recipe.dpo.beta)
-        losses = loss_fn(h, recipe.dpo.beta)
         dim_idx = to_device(torch.tensor([p.dim for p in chunk]), device)
+        if sft:  # the baseline: the goldens' NLL; h is still logged, as a DPO run logs it
+            chosen_tokens = to_device(torch.tensor([len(p.chosen) for p in chunk]), device)
+            losses = lagdpo.sft_loss(pc, chosen_tokens)
+        else:
+            losses = loss_fn(h, recipe.dpo.beta)
         loss = lagdpo.weighted_loss(losses, dim_idx, counts_dev, weights_dev)
         loss.backward()
         total += loss.detach()
@@ -353,8 +358,10 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
         sampler = StratifiedSampler(dim_of_pair, K, global_batch, recipe.train.seed)
     optimizer = make_optimizer(recipe, policy)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(recipe))
-    lag_cfg = lagdpo.LagrangianConfig(**vars(recipe.lagrangian))
-    duals = lagdpo.DualState.initial(K)
+    lag_cfg = recipe.lagrangian
+    form = lagdpo.FORMS[lag_cfg.form]
+    zero_loss = lagdpo.ZERO_MARGIN_LOSS[recipe.dpo.loss](recipe.dpo.beta)  # L0
+    duals = lagdpo.DualState.initial(K, lag_cfg.form)
     start, last = 0, {}
     if resume:
         start, duals = _restore(latest_checkpoint(run / "checkpoints"), policy, optimizer,
@@ -382,7 +389,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
                                  f"{run / 'checkpoints'}; continue with --resume")
             t0 = time.perf_counter()
             batch = sampler.next_batch()
-            weights = lagdpo.lagrangian_weights(duals.lambdas, lag_cfg.clip_weights)
+            weights = form.weights(duals.lambdas, lag_cfg)
             step_counts, sums, total, tokens = accumulate_step(
                 policy, data, batch, weights, ref_train, recipe, dist, pad_id)
             sums, total = sums.cpu(), float(total)  # the step's one wait for the GPU
@@ -399,11 +406,16 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
             optimizer.zero_grad(set_to_none=True)
             counts = step_counts.double().clamp(min=1)
             stats = lagdpo.PairStats(*(sums / counts), step_counts)
-            duals = lagdpo.dual_step(duals, stats.loss.float(), step_counts > 0, lag_cfg)
+            if recipe.train.objective == "dpo":
+                duals = form.dual_step(duals, stats.loss.float(), step_counts > 0, lag_cfg,
+                                       zero_loss)
+            else:  # sft: fixed weights 1/K; the EMAs are kept for the logs, the duals stay 0
+                duals = lagdpo.track_losses(duals, stats.loss.float(), step_counts > 0,
+                                            lag_cfg.ema)
             seconds = time.perf_counter() - t0
             last = _metrics_line(step, total, scheduler.get_last_lr()[0],
                                  round(tokens * dist.world / seconds, 1), dims, stats, duals,
-                                 weights)
+                                 weights, lag_cfg.form)
             if dist.rank == 0:
                 append_jsonl(run / "metrics.jsonl", last)
                 if on_step:
@@ -428,7 +440,8 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
         _save(run, recipe.train.steps, policy, optimizer, scheduler, sampler, duals, last,
               ref_train)
         save_adapter(policy, run)
-        summary = _summary(recipe, data, eval_before, eval_after, duals, dims)
+        summary = _summary(recipe, data, eval_before, eval_after, duals, dims,
+                           _step_lines(run / "metrics.jsonl"), zero_loss)
         atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -438,7 +451,31 @@ def _mean(ev: dict, key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _summary(recipe, data: RunData, before: dict, after: dict, duals, dims) -> dict:
+def _step_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip())
+    return [ln for ln in lines if ln.get("split") != "eval"]
+
+
+def constraint_record(steps: list[dict], tolerance: float, zero_loss: float, form: str) -> dict:
+    """Did the tolerance bind in this run? The largest spread of the EMA losses any step
+    reached (max_k Lhat_k - min_k Lhat_k), the bound it is held to (leader: eps * L0; pairwise:
+    eps), the steps with some lambda > 0 and the largest lambda. A run in which nothing bound
+    was plain multi-objective DPO, and its summary and report say so."""
+    spreads = [max(d["loss_ema"] for d in ln["dims"].values())
+               - min(d["loss_ema"] for d in ln["dims"].values()) for ln in steps if ln["dims"]]
+    bound = tolerance * zero_loss if form == "leader" else tolerance
+    active = [ln["step"] for ln in steps if any(v > 0 for v in ln["lambdas"].values())]
+    return {"form": form, "bound": bound, "max_spread": max(spreads, default=0.0),
+            "steps_with_lambda": len(active), "first_step_with_lambda": min(active, default=None),
+            "max_lambda": max((v for ln in steps for v in ln["lambdas"].values()), default=0.0),
+            "engaged": bool(active)}
+
+
+def _summary(recipe, data: RunData, before: dict, after: dict, duals, dims, steps: list[dict],
+             zero_loss: float) -> dict:
+    form = recipe.lagrangian.form
     return {
         "steps": recipe.train.steps, "dims": list(dims),
         "pairs": {"train": len(data.train), "test": len(data.test)},
@@ -448,7 +485,8 @@ def _summary(recipe, data: RunData, before: dict, after: dict, duals, dims) -> d
         "mean_accuracy_before": _mean(before, "selection_accuracy"),
         "mean_accuracy_after": _mean(after, "selection_accuracy"),
         "mean_reward_accuracy_after": _mean(after, "accuracy"),
-        "lambdas": {f"{a}>{b}": float(duals.lambdas[i, j]) for i, a in enumerate(dims)
-                    for j, b in enumerate(dims) if i != j},
+        "lambdas": lagdpo.FORMS[form].named(duals.lambdas, dims),
         "loss_ema": {d: float(duals.loss_ema[k]) for k, d in enumerate(dims)},
+        "best_loss": lagdpo.best_loss(duals.loss_ema, duals.seen),
+        "constraint": constraint_record(steps, recipe.lagrangian.tolerance, zero_loss, form),
     }

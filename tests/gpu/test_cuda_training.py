@@ -1,4 +1,4 @@
-"""QLoRA on CUDA: nf4 loads and trains, unsloth matches peft, an 8B-shaped step fits 10 GiB.
+"""QLoRA on CUDA: nf4 loads and trains, unsloth matches peft, an 8B-shaped step reserves <= 8 GiB.
 
 Skipped without CUDA (tests/gpu/conftest.py). On a CUDA machine:
 
@@ -37,7 +37,9 @@ import gpu_memory  # noqa: E402  (bench/ is not a package)
 
 pytestmark = pytest.mark.gpu
 WORDS = " ".join(CORPUS).lower().replace(",", "").replace(".", "").split()
-TARGET_GB = 10.0  # the issue's target for Llama-3.1-8B, nf4, r=16, batch 1, 1,024 response tokens
+# issue 11: what the caching allocator reserves (the card must hold it) for Llama-3.1-8B, nf4,
+# r=16, batch 1, 1,024 prompt + 1,024 response tokens; bench/gpu_memory.py's target too
+TARGET_GB = gpu_memory.TARGET_GB
 # bf16 keeps 8 bits of mantissa (relative rounding 2**-8 = 0.004); two kernel paths through a
 # few bf16 layers differ by a few roundings of logits of size ~1-5, hence per-token log-prob
 # differences of order 0.01-0.05 nats
@@ -223,11 +225,14 @@ def test_unsloth_matches_peft_logps_on_one_batch(gpu_model, batch_file, tmp_path
 
 @pytest.fixture(scope="module")
 def eight_b(tmp_path_factory):
-    """The 8B-shaped measurement (bench/gpu_memory.py), once for the module. The folder is
-    $LOCALPEER_LLAMA8B_DIR when set (built there if incomplete, then kept), else a temporary
-    one removed afterwards."""
+    """The 8B-shaped measurement, once for the module: bench/gpu_memory.py in its own process,
+    because the caching allocator reads PYTORCH_CUDA_ALLOC_CONF once, when CUDA starts (in this
+    process, earlier tests may have started it); the script sets it first, as `train` does.
+    The folder is $LOCALPEER_LLAMA8B_DIR when set (built there if incomplete, then kept), else
+    a temporary one removed afterwards."""
     given = os.environ.get("LOCALPEER_LLAMA8B_DIR")
     folder = Path(given) if given else tmp_path_factory.mktemp("llama8b") / "model"
+    report_path = tmp_path_factory.mktemp("llama8b-report") / "gpu_memory.json"
     try:
         if not gpu_memory.model_dir_ready(folder):
             free = gpu_memory.free_disk_gb(folder.parent)
@@ -235,9 +240,20 @@ def eight_b(tmp_path_factory):
                 pytest.skip(f"{free:.1f} GB free under {folder.parent}; the 8B-shaped bf16 "
                             f"safetensors need {gpu_memory.DISK_NEEDED_GB} GB (set "
                             "LOCALPEER_LLAMA8B_DIR to a folder on a larger disk)")
-            gpu_memory.build_model_dir(folder, device=gpu_memory.build_device())
-        settings = [gpu_memory.Setting(1024, 1024), gpu_memory.Setting(128, 1024)]
-        yield gpu_memory.measure(folder, settings, log=print)
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_memory.py"),
+                               "--model-dir", str(folder), "--settings", "1024:1024,128:1024",
+                               "--json", str(report_path)],
+                              capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+        print(done.stderr)
+        if not report_path.is_file():
+            pytest.fail(f"bench/gpu_memory.py exited {done.returncode} without a report:\n"
+                        f"{done.stderr[-4000:]}")
+        report = json.loads(report_path.read_text())
+        assert "settings" in report, report.get("traceback") or report.get("error") or done
+        results = [gpu_memory.StepMemory(**r) for r in report["settings"]]
+        yield results, {k: v for k, v in report.items() if k not in ("settings", "parts")}
     finally:
         if not given:
             shutil.rmtree(folder, ignore_errors=True)
@@ -246,19 +262,26 @@ def eight_b(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_peak_vram_of_an_8b_shaped_step_is_within_target(eight_b):
+def test_reserved_vram_of_an_8b_shaped_step_is_within_target(eight_b):
     """Llama-3.1-8B shape, nf4 + LoRA r=16 on all projections, gradient checkpointing, one
     pair (batch 1) with a 1,024-token prompt and 1,024-token responses (train.max_length
-    2048): one training step's torch.cuda.max_memory_allocated <= 10 GiB. Printed next to
-    `train --dry-run`'s estimate for the same recipe, and a 128-token prompt beside it."""
+    2048), in the layout the loop uses, the allocator as `train` sets it: one training step's
+    torch.cuda.max_memory_reserved <= 8.0 GiB. Printed next to `train --dry-run`'s estimate
+    (allocated and reserved) for the same batch, and a 128-token prompt beside it."""
+    from localpeer.train.memory import expandable_segments
+
     results, loading = eight_b
     print(json.dumps(loading))
+    # what the script ran with: expandable segments unless this environment configured the
+    # allocator otherwise
+    assert loading["expandable_segments"] == expandable_segments()
     for r in results:
         print(gpu_memory.text_line(r))
         print("  estimate parts:", r.parts)
         assert math.isfinite(r.loss)
     first = results[0]
-    assert first.measured_peak_gb <= TARGET_GB, (
-        f"peak {first.measured_peak_gb:.2f} GiB > {TARGET_GB} GiB at "
-        f"{first.prompt_tokens}+{first.response_tokens} tokens (estimate "
-        f"{first.estimate_gb:.2f} GiB: {first.parts})")
+    assert first.reserved_peak_gb <= TARGET_GB, (
+        f"reserved {first.reserved_peak_gb:.2f} GiB > {TARGET_GB} GiB (allocated "
+        f"{first.allocated_peak_gb:.2f}) at {first.prompt_tokens}+{first.response_tokens} "
+        f"tokens, {first.layout}; estimate reserved {first.estimate_reserved_gb:.2f}, "
+        f"allocated {first.estimate_allocated_gb:.2f} GiB: {first.parts}")
