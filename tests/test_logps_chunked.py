@@ -92,9 +92,9 @@ def lora_grads(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() for n, p in model.named_parameters() if "lora_" in n])
 
 
-def test_chunk_positions_keep_one_chunk_of_fp32_logits_at_256_mib():
-    assert logps.chunk_positions(128_256) == 523  # Llama 3: 523 * 128,256 * 4 B = 256 MiB
-    assert logps.chunk_positions(32_768) == 2048
+def test_chunk_positions_keep_one_chunk_of_fp32_logits_at_128_mib():
+    assert logps.chunk_positions(128_256) == 261  # Llama 3: 261 * 128,256 * 4 B = 128 MiB
+    assert logps.chunk_positions(32_768) == 1024
     assert logps.chunk_positions(2**30) == 1
 
 

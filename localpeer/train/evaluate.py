@@ -48,8 +48,11 @@ def evaluate(policy: Policy, pairs: list[TokenizedPair], ref: torch.Tensor, dims
     dim_all = torch.cat(dim_idx)
     stats = lagdpo.pair_stats(torch.cat(losses), torch.cat(margins), dim_all, len(dims))
     chosen_right, counts = lagdpo.per_dimension_sums(torch.cat(selected), dim_all, len(dims))
+    h_all = torch.cat(margins).double()
+    margin_sd = [float(h_all[dim_all == k].std()) if int(stats.pairs[k]) > 1 else 0.0
+                 for k in range(len(dims))]
     return {d: {"loss": float(stats.loss[k]), "margin": float(stats.margin[k]),
-                "accuracy": float(stats.accuracy[k]),
+                "margin_sd": margin_sd[k], "accuracy": float(stats.accuracy[k]),
                 "selection_accuracy": float(chosen_right[k] / counts[k]),
                 "pairs": int(stats.pairs[k])}
             for k, d in enumerate(dims) if stats.pairs[k] > 0}

@@ -187,11 +187,13 @@ def collate_shared(pairs: list[TokenizedPair], pad_id: int) -> dict[str, torch.T
             "segments": segment_layout(prompt_lens, segments, width)}
 
 
-# fp32 logits per chunk of positions: 2**26 floats are 256 MiB, so 523 positions at Llama 3's
-# 128,256 tokens (Qwen2.5's 151,936: 441; Mistral's 32,768: 2,048). A chunk's transient cost is
-# about twice that (its fp32 logits and their log-softmax or gradient) plus the lm_head's output
-# at the compute dtype; the full logits of a 2,048-token batch are several GiB.
-LOGITS_PER_CHUNK = 2**26
+# fp32 logits per chunk of positions: 2**25 floats are 128 MiB, so 261 positions at Llama 3's
+# 128,256 tokens (Qwen2.5's 151,936: 220; Mistral's 32,768: 1,024). A chunk's transient cost is
+# about three times that (the head's output, its fp32 copy, the log-softmax or gradient), 0.37
+# GiB at Llama 3's vocabulary, where the full logits of a 2,048-token batch are several GiB; a
+# chunk of 261 x 4,096 x 128,256 is still a large matrix product, so smaller chunks cost little
+# speed. (2**26 would put the 8B step at 1,024 + 1,024 tokens over 8 GiB reserved.)
+LOGITS_PER_CHUNK = 2**25
 
 # causal LMs whose forward is `lm_head(decoder(...).last_hidden_state)` with nothing in between
 # (read in transformers 5.x); any other model, or one patched by another library, takes the

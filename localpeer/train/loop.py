@@ -37,7 +37,13 @@ from localpeer.train.checkpoint import (
     save_checkpoint,
 )
 from localpeer.train.evaluate import evaluate, stratified_subset
-from localpeer.train.logps import TokenizedPair, collate, sequence_logps, tokenize_pairs
+from localpeer.train.logps import (
+    TokenizedPair,
+    collate,
+    sequence_logps,
+    to_device,
+    tokenize_pairs,
+)
 from localpeer.train.reference import (
     LazyReference,
     compute_reference,
@@ -274,15 +280,6 @@ def micro_batches(data: RunData, mine: list[int], recipe: Recipe,
                                    recipe.train.micro_batch_tokens, share_prompt)
     micro = max(len(mine) // recipe.train.grad_accum, 1)
     return [mine[m:m + micro] for m in range(0, len(mine), micro)]
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on `device` without waiting: a plain `.to("cuda")` of pageable memory
-    synchronises with the GPU (it waits for every queued kernel), a pinned non-blocking copy
-    is queued behind them."""
-    if device.type != "cuda" or t.device.type == "cuda":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: torch.Tensor,

@@ -51,8 +51,8 @@ EXPANDABLE = "expandable_segments:True"
 # reserved / allocated at the peak, by expandable segments off/on (see the module docstring)
 RESERVED_PER_ALLOCATED = {False: 1.29, True: 1.05}
 # mirrors logps.LOGITS_PER_CHUNK (tests/test_memory.py checks): logits per chunk of positions
-# when log-probs go through the LM head chunk by chunk (523 positions at a 128,256 vocabulary)
-LOGITS_PER_CHUNK = 2**26
+# when log-probs go through the LM head chunk by chunk (261 positions at a 128,256 vocabulary)
+LOGITS_PER_CHUNK = 2**25
 # bytes per logit of the live chunk at its peak, in the backward pass that recomputes it: the
 # fp32 logits the log-softmax saved, its fp32 gradient and the target pick's fp32 gradient
 # before autograd adds them (4 + 4 + 4); the 16-bit LM head output and its gradient live

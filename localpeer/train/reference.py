@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from localpeer.train.logps import TokenizedPair, collate, sequence_logps
+from localpeer.train.logps import TokenizedPair, collate, sequence_logps, to_device
 
 log = logging.getLogger(__name__)
 CACHE = Path("runs") / ".reference-cache"
@@ -125,10 +125,11 @@ class LazyReference:
             values = compute_reference(self.policy, [chunk[k] for k in new], len(new),
                                        self.pad_id, keep_on_device=True)
             rows = [ids[k] for k in new]
-            self.logps[_index(rows, self.logps.device)] = values.to(self.logps.dtype)
+            self.logps[to_device(torch.tensor(rows), self.logps.device)] = \
+                values.to(self.logps.dtype)
             self.is_known[rows] = True
             self.dirty = True
-        return self.logps[_index(ids, self.logps.device)]
+        return self.logps[to_device(torch.tensor(ids), self.logps.device)]
 
     def save(self) -> None:
         if not self.dirty:
@@ -139,8 +140,3 @@ class LazyReference:
         tmp.replace(self.path)
         self.dirty = False
 
-
-def _index(rows: list[int], device: torch.device) -> torch.Tensor:
-    """Row indices on `device` as a pinned non-blocking copy (no wait for the GPU)."""
-    t = torch.tensor(rows, dtype=torch.long)
-    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
