@@ -1,58 +1,79 @@
 #!/usr/bin/env bash
-# One prepared CUDA check of localpeer: environment, tests/gpu, and an 8B-shaped step's peak VRAM.
+# One prepared CUDA check of localpeer, <= 9 minutes on one H100/H200, one summary.
 #
-#   bash bench/gpu_check.sh                  # results under $OUT (default /tmp/localpeer-gpu-check)
-#   WHEELS=.whl bash bench/gpu_check.sh      # install what is missing from a wheels folder
+#   bash bench/gpu_check.sh                                     # results in $OUT
+#   WHEELS=.whl/localpeer-wheels.tar.xz bash bench/gpu_check.sh # offline: bench/wheels.sh's bundle
+#   STAGES=throughput,unsloth bash bench/gpu_check.sh           # a rerun of some stages
 #
-# Stages, each with its exit status recorded; none stops the script before results are written:
-#   python   find a python whose torch sees CUDA: $PYTHON, ./.venv, python3, /opt/torch/.venv
-#   venv     $VENV (default /tmp/localpeer-gpu-venv): reused when its torch sees CUDA; else made
-#            from the python found above and linked to its site-packages by a .pth file, so that
-#            torch, transformers, peft ... are used as they are installed there; when no python
-#            has a CUDA torch, a plain venv gets torch from $WHEELS (or from PyPI if reachable)
-#   install  every wheel in $WHEELS (--no-index --no-deps), $WHEELS/site on PYTHONPATH (unpacked
-#            packages), then `pip install -e '.[train]' --no-deps`; still-missing needs are
-#            fetched by name only when no $WHEELS was given (needs a reachable index)
-#   fast     python -m pytest tests/gpu -q -m "not slow"   nf4 load + train, unsloth/peft parity
-#   memory   python bench/gpu_memory.py                    8B-shaped peak VRAM vs the estimate
-#   slow     python -m pytest tests/gpu -q -m slow         the same 8B step, as a test (<= 10 GiB)
-# The 8B-shaped bf16 folder (~16 GB) is built once in $LOCALPEER_LLAMA8B_DIR (default
-# ${TMPDIR:-/tmp}/localpeer-llama8b) for both 8B stages, and removed at the end unless KEEP_8B=1.
-# Stage time limits come out of one budget, $BUDGET_S seconds (default 560).
+# Stages, in this order, each under `timeout` with its exit status and seconds recorded; none
+# stops the ones after it, and the summary is rewritten after every stage:
+#   python      a python whose torch sees CUDA: $PYTHON, ./.venv, python3, /opt/torch/.venv
+#   venv        $VENV (default /tmp/localpeer-gpu-venv): reused when its torch sees CUDA; else
+#               made from that python and linked to its site-packages (.pth), so torch,
+#               transformers, peft ... are used as installed there
+#   install     $WHEELS: bench/wheels.sh's .tar.xz (or a folder holding it) is unpacked into
+#               $WHEELS_DIR (default /tmp/localpeer-wheels) and its site/ put first on
+#               PYTHONPATH; a folder with site/ and/or *.whl works too (wheels pip-installed
+#               --no-index --no-deps). The project goes on PYTHONPATH after them (no install).
+#               Missing needs are fetched by name only when no $WHEELS is given.
+#   tests       pytest tests/gpu -m "not slow": nf4 load + train, unsloth/peft log-prob
+#               parity, and `localpeer train` on a 1B random Llama: SIGINT, --resume, metrics
+#               equal to an uninterrupted run (tests/gpu/test_cli_resume.py)
+#   memory      bench/gpu_memory.py: an 8B-shaped nf4 step's peak allocated and reserved GiB
+#   throughput  bench/gpu_throughput.py: `localpeer train` steady tokens/s vs its bare step and
+#               TRL DPOTrainer (cached and per-batch reference), 1B random Llama
+#   unsloth     bench/gpu_unsloth.py: backend=unsloth vs peft, time to the first step, steady
+#               tokens/s, break_even_steps (peft's numbers from the throughput stage)
+# Stage limits (seconds; env LIMIT_TESTS, LIMIT_MEMORY, LIMIT_THROUGHPUT, LIMIT_UNSLOTH) come
+# out of one budget, $BUDGET_S (default 540): each is min(its limit, what is left - 15).
 #
-# Files in $OUT (7): summary.txt (environment + stage table), summary.json, install.log,
-# pytest.log, gpu_memory.json, gpu_memory.txt, gpu_memory.log. All are printed at the end.
+# Files in $OUT (8, the most the device tool brings back): summary.txt and summary.json (stages,
+# environment, headline numbers with PASS/FAIL against the targets, the stage reports),
+# install.log, pytest.log, bench.log (the three benchmarks' output), gpu_memory.json,
+# gpu_throughput.json, gpu_unsloth.json. Scratch (models: 8B ~16 GB, 1B ~2.5 GB; run
+# folders) goes to $SCRATCH (default ${TMPDIR:-/tmp}/localpeer-gpu-scratch) and is removed at
+# the end unless KEEP=1.
 #
-# On this workplace's lent GPU machine (no network; its python3 has CUDA torch, transformers,
-# peft, accelerate, safetensors, tokenizers and pytest, but not bitsandbytes), carry
-# bitsandbytes (0.50.2 ships a CUDA 13.0 library) from the repository root, once:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl bitsandbytes==0.50.2
-# If the wheel makes the tree exceed the 64 MiB carry limit, carry it unpacked and slimmed:
-#   mkdir -p .whl/site && unzip -q .whl/bitsandbytes-*.whl -d .whl/site && rm .whl/*.whl
-#   find .whl/site/bitsandbytes -name 'libbitsandbytes_*' ! -name '*cuda130*' ! -name '*cpu*' -delete
-# then run  WHEELS=.whl bash bench/gpu_check.sh  with carry [".whl"] and timeout_s 600.
-# unsloth (and its own dependencies) can be carried the same way; without it the parity test
-# skips.
+# On this workplace's lent GPU machine (offline; python3 has CUDA torch, transformers, peft,
+# accelerate and pytest): build the bundle here once, `bash bench/wheels.sh` (-> .whl/, ignored
+# by git, ~16 MB), then run with the device tool:
+#   command: WHEELS=.whl/localpeer-wheels.tar.xz bash bench/gpu_check.sh
+#   carry: [".whl"], timeout_s: 600
+# bench/README.md ("GPU check") has the wheel list and the targets.
+#
+# Plumbing check on a machine without a GPU (stages skip or report "no CUDA"; the benchmarks
+# run their tiny CPU models): ALLOW_CPU=1 THROUGHPUT_ARGS="--smoke --steps 6 --warmup 2
+# --pairs 24" UNSLOTH_ARGS="--smoke --backend-under-test peft --steps 6 --warmup 2 --pairs 24"
+# PYTHON=.venv/bin/python bash bench/gpu_check.sh
 
 set -u
 set -o pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WHEELS=${WHEELS:-}
+if [ -n "$WHEELS" ] && [ -e "$WHEELS" ]; then # relative to where the script was started
+  WHEELS=$(cd "$(dirname "$WHEELS")" && pwd)/$(basename "$WHEELS")
+fi
 cd "$REPO" || exit 2
 OUT=${OUT:-${TMPDIR:-/tmp}/localpeer-gpu-check}
-mkdir -p "$OUT"
-ENV_FILE=$(mktemp)
+SCRATCH=${SCRATCH:-${TMPDIR:-/tmp}/localpeer-gpu-scratch}
+mkdir -p "$OUT" "$SCRATCH"
+rm -f "$SCRATCH/stages.tsv" "$SCRATCH/env.txt" "$SCRATCH/gpu_memory.txt"
+: >"$OUT/install.log"
+: >"$OUT/pytest.log"
+: >"$OUT/bench.log"
 exec 3>&2 # the caller's stderr, for progress lines while stages write to logs
 VENV=${VENV:-/tmp/localpeer-gpu-venv}
-WHEELS=${WHEELS:-}
-[ -n "$WHEELS" ] && WHEELS=$(cd "$WHEELS" 2>/dev/null && pwd || echo "$WHEELS")
-BUDGET_S=${BUDGET_S:-560}
-export LOCALPEER_LLAMA8B_DIR=${LOCALPEER_LLAMA8B_DIR:-${TMPDIR:-/tmp}/localpeer-llama8b}
+WHEELS_DIR=${WHEELS_DIR:-/tmp/localpeer-wheels}
+BUDGET_S=${BUDGET_S:-540}
+STAGES=${STAGES:-tests,memory,throughput,unsloth}
+export ALLOW_CPU=${ALLOW_CPU:-0}
+read -r -a THROUGHPUT_EXTRA <<<"${THROUGHPUT_ARGS:-}"
+read -r -a UNSLOTH_EXTRA <<<"${UNSLOTH_ARGS:-}"
+export LOCALPEER_LLAMA8B_DIR=${LOCALPEER_LLAMA8B_DIR:-$SCRATCH/llama8b}
+export LOCALPEER_LLAMA1B_DIR=${LOCALPEER_LLAMA1B_DIR:-$SCRATCH/llama1b}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PYTHONUNBUFFERED=1
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 START=$(date +%s)
 PY=""
 NAMES=()
@@ -75,18 +96,27 @@ stage_limit() {
   if [ "$left" -le 0 ]; then echo 0; elif [ "$1" -lt "$left" ]; then echo "$1"; else echo "$left"; fi
 }
 
+wanted() { [[ ",$STAGES," == *",$1,"* ]]; }
+
+# summary.txt + summary.json: bench/gpu_summary.py, or this plain table if python cannot run it
 write_summary() {
+  local elapsed=$(($(date +%s) - START))
+  if [ -n "$PY" ] && "$PY" bench/gpu_summary.py --out "$OUT" --stages "$SCRATCH/stages.tsv" \
+    --env "$SCRATCH/env.txt" --texts "$SCRATCH" --python "$PY" --seconds "$elapsed" \
+    --budget "$BUDGET_S" 2>>"$OUT/install.log"; then
+    return 0
+  fi
   {
-    echo "localpeer gpu_check, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(($(date +%s) - START)) s"
+    echo "localpeer gpu_check, $(date -u +%Y-%m-%dT%H:%M:%SZ), $elapsed s"
     echo "python: ${PY:-none}"
-    cat "$ENV_FILE"
+    cat "$SCRATCH/env.txt" 2>/dev/null
     echo
-    printf '%-8s %4s %6s\n' stage rc seconds
+    printf '%-11s %4s %7s\n' stage rc seconds
     local i
-    for i in "${!NAMES[@]}"; do printf '%-8s %4s %6s\n' "${NAMES[$i]}" "${RCS[$i]}" "${SECS[$i]}"; done
+    for i in "${!NAMES[@]}"; do printf '%-11s %4s %7s\n' "${NAMES[$i]}" "${RCS[$i]}" "${SECS[$i]}"; done
   } >"$OUT/summary.txt"
   {
-    printf '{"python": "%s", "seconds": %d, "stages": [' "${PY:-}" $(($(date +%s) - START))
+    printf '{"python": "%s", "seconds": %d, "stages": [' "${PY:-}" "$elapsed"
     local i sep=""
     for i in "${!NAMES[@]}"; do
       printf '%s{"stage": "%s", "rc": %s, "seconds": %s}' "$sep" "${NAMES[$i]}" "${RCS[$i]}" "${SECS[$i]}"
@@ -100,11 +130,12 @@ record() { # name rc seconds
   NAMES+=("$1")
   RCS+=("$2")
   SECS+=("$3")
+  printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$SCRATCH/stages.tsv"
   log "stage $1: rc=$2 (${3}s)"
   write_summary
 }
 
-# run_stage NAME DEFAULT_LIMIT_S LOGFILE command...: under `timeout`, output appended to LOGFILE
+# run_stage NAME LIMIT_S LOGFILE command...: under `timeout`, output appended to LOGFILE
 run_stage() {
   local name=$1 limit t0 rc
   limit=$(stage_limit "$2")
@@ -116,6 +147,7 @@ run_stage() {
     record "$name" 124 0
     return 124
   fi
+  log "stage $name (limit ${limit}s)"
   echo "== $name (limit ${limit}s): $*" >>"$logfile"
   timeout --kill-after=10 "$limit" "$@" >>"$logfile" 2>&1
   rc=$?
@@ -124,8 +156,16 @@ run_stage() {
   return "$rc"
 }
 
-has_cuda_torch() {
-  [ -n "$1" ] && "$1" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
+# a stage that was killed before writing its JSON still leaves one that says so
+json_placeholder() { # file stage rc
+  [ -s "$1" ] && return 0
+  printf '{"error": "%s exited %s without writing results (124: timed out); see bench.log"}\n' \
+    "$2" "$3" >"$1"
+}
+
+has_cuda_torch() { # with ALLOW_CPU=1 any torch will do
+  [ -n "$1" ] && "$1" -c 'import os, sys, torch
+sys.exit(0 if torch.cuda.is_available() or os.environ.get("ALLOW_CPU") == "1" else 1)' \
     >/dev/null 2>&1
 }
 
@@ -165,7 +205,7 @@ print("\n".join(dict.fromkeys(paths)))' >"$site/_localpeer_base_site.pth" || ret
   log "no python with a CUDA torch: a plain venv, torch from ${WHEELS:-PyPI}"
   python3 -m venv "$VENV" >>"$OUT/install.log" 2>&1 || return 1
   PY=$VENV/bin/python
-  if [ -n "$WHEELS" ]; then
+  if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
     "$PY" -m pip install --no-index --find-links "$WHEELS" torch >>"$OUT/install.log" 2>&1
   else
     "$PY" -m pip install --timeout 20 --retries 1 torch >>"$OUT/install.log" 2>&1
@@ -173,9 +213,27 @@ print("\n".join(dict.fromkeys(paths)))' >"$site/_localpeer_base_site.pth" || ret
   has_cuda_torch "$PY"
 }
 
+# WHEELS as an archive (or a folder holding bench/wheels.sh's archive): unpack it once
+unpack_wheels() {
+  local archive=""
+  [ -z "$WHEELS" ] && return 0
+  if [ -f "$WHEELS" ]; then
+    archive=$WHEELS
+  elif [ -d "$WHEELS" ] && [ ! -d "$WHEELS/site" ] && [ -f "$WHEELS/localpeer-wheels.tar.xz" ]; then
+    archive=$WHEELS/localpeer-wheels.tar.xz
+  fi
+  [ -z "$archive" ] && return 0
+  log "unpacking $archive into $WHEELS_DIR"
+  rm -rf "$WHEELS_DIR"
+  mkdir -p "$WHEELS_DIR"
+  tar -xJf "$archive" -C "$WHEELS_DIR" || return 1
+  WHEELS=$WHEELS_DIR
+}
+
 # stage install
 install_deps() {
   local rc=0 missing
+  unpack_wheels || rc=1
   if [ -n "$WHEELS" ]; then
     if compgen -G "$WHEELS/*.whl" >/dev/null; then
       log "installing the wheels in $WHEELS"
@@ -186,17 +244,14 @@ install_deps() {
       log "PYTHONPATH gets $WHEELS/site"
     fi
   fi
-  # --no-build-isolation: building in isolation would fetch setuptools from an index
-  "$PY" -m pip install --no-index --no-deps --no-build-isolation -e "$REPO[train]" || {
-    log "editable install failed; localpeer is imported from $REPO through PYTHONPATH"
-    export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-    rc=1
-  }
+  # the project by PYTHONPATH, not installed: subprocesses (the CLI runs, the test workers)
+  # find it too, and nothing is built
+  export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$REPO"
   missing=$("$PY" -c 'import importlib.util as u
 need = {"torch": "torch", "transformers": "transformers", "peft": "peft",
         "accelerate": "accelerate", "bitsandbytes": "bitsandbytes", "safetensors": "safetensors",
         "tokenizers": "tokenizers", "yaml": "pyyaml", "numpy": "numpy", "scipy": "scipy",
-        "rich": "rich", "pytest": "pytest"}
+        "rich": "rich", "pytest": "pytest", "trl": "trl", "datasets": "datasets"}
 print(" ".join(pip for mod, pip in need.items() if u.find_spec(mod) is None))')
   if [ -n "$missing" ]; then
     if [ -z "$WHEELS" ]; then
@@ -212,23 +267,31 @@ print(" ".join(pip for mod, pip in need.items() if u.find_spec(mod) is None))')
   return "$rc"
 }
 
+# versions from package metadata: importing unsloth here would cost ~20 s of the budget
 describe_env() {
   {
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 |
-      sed 's/^/gpu: /'
-    df -h "${LOCALPEER_LLAMA8B_DIR%/*}" "$REPO" 2>&1 | sed 's/^/disk: /'
-    [ -n "$PY" ] && "$PY" -c 'import importlib, importlib.util, sys, torch
+    if command -v nvidia-smi >/dev/null; then
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 |
+        sed 's/^/gpu: /'
+    else
+      echo "gpu: no nvidia-smi"
+    fi
+    df -h "$SCRATCH" 2>&1 | tail -n 1 | sed 's/^/disk (scratch): /'
+    [ -n "$PY" ] && "$PY" -c 'import sys, torch
+from importlib import metadata
 print("python", sys.version.split()[0], "| torch", torch.__version__, "cuda", torch.version.cuda,
       "| device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
-for name in ("transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "unsloth"):
-    if importlib.util.find_spec(name) is None:
-        print(name, "not installed")
-        continue
+names = ("transformers", "peft", "accelerate", "bitsandbytes", "safetensors", "trl", "datasets",
+         "unsloth", "unsloth_zoo", "tyro", "pydantic", "certifi")
+found = []
+for name in names:
     try:
-        print(name, getattr(importlib.import_module(name), "__version__", "?"))
-    except Exception as err:
-        print(name, "import failed:", type(err).__name__, str(err)[:200])' 2>&1
-  } >"$ENV_FILE"
+        found.append(f"{name} {metadata.version(name)}")
+    except metadata.PackageNotFoundError:
+        found.append(f"{name} missing")
+print("packages: " + ", ".join(found))' 2>&1
+    echo "PYTHONPATH=${PYTHONPATH:-}"
+  } >"$SCRATCH/env.txt"
 }
 
 t0=$(date +%s)
@@ -252,31 +315,53 @@ record install $? $(($(date +%s) - t0))
 describe_env
 write_summary
 
-run_stage fast 240 "$OUT/pytest.log" "$PY" -m pytest tests/gpu -q -rA -p no:cacheprovider -m "not slow"
-run_stage memory 300 "$OUT/gpu_memory.log" "$PY" bench/gpu_memory.py \
-  --json "$OUT/gpu_memory.json" --text "$OUT/gpu_memory.txt"
-rc_memory=${RCS[${#RCS[@]}-1]}
-if [ ! -s "$OUT/gpu_memory.json" ]; then
-  printf '{"error": "bench/gpu_memory.py exited %s without writing results (124: timed out); see gpu_memory.log"}\n' \
-    "$rc_memory" >"$OUT/gpu_memory.json"
-  cp "$OUT/gpu_memory.json" "$OUT/gpu_memory.txt"
+if wanted tests; then
+  run_stage tests "${LIMIT_TESTS:-170}" "$OUT/pytest.log" \
+    "$PY" -m pytest tests/gpu -q -rA -p no:cacheprovider -m "not slow"
 fi
-run_stage slow 300 "$OUT/pytest.log" "$PY" -m pytest tests/gpu -q -rA -p no:cacheprovider -m slow
 
-if [ "${KEEP_8B:-0}" != 1 ]; then
-  rm -rf "$LOCALPEER_LLAMA8B_DIR" "$LOCALPEER_LLAMA8B_DIR.partial"
+if wanted memory; then
+  rm -f "$OUT/gpu_memory.json"
+  run_stage memory "${LIMIT_MEMORY:-160}" "$OUT/bench.log" "$PY" bench/gpu_memory.py \
+    --json "$OUT/gpu_memory.json" --text "$SCRATCH/gpu_memory.txt"
+  json_placeholder "$OUT/gpu_memory.json" bench/gpu_memory.py "${RCS[${#RCS[@]}-1]}"
+  write_summary
+fi
+
+if wanted throughput; then
+  rm -f "$OUT/gpu_throughput.json"
+  limit=$(stage_limit "${LIMIT_THROUGHPUT:-130}")
+  run_stage throughput "$limit" "$OUT/bench.log" "$PY" bench/gpu_throughput.py \
+    --work "$SCRATCH/throughput" --model-dir "$LOCALPEER_LLAMA1B_DIR" \
+    --timeout $((limit > 60 ? limit / 2 : 30)) --json "$OUT/gpu_throughput.json" \
+    ${THROUGHPUT_EXTRA[@]+"${THROUGHPUT_EXTRA[@]}"}
+  json_placeholder "$OUT/gpu_throughput.json" bench/gpu_throughput.py "${RCS[${#RCS[@]}-1]}"
+  write_summary
+fi
+
+if wanted unsloth; then
+  rm -f "$OUT/gpu_unsloth.json"
+  limit=$(stage_limit "${LIMIT_UNSLOTH:-240}")
+  run_stage unsloth "$limit" "$OUT/bench.log" "$PY" bench/gpu_unsloth.py \
+    --peft-from "$OUT/gpu_throughput.json" --work "$SCRATCH/throughput" \
+    --model-dir "$LOCALPEER_LLAMA1B_DIR" --timeout $((limit > 40 ? limit - 20 : 20)) \
+    --json "$OUT/gpu_unsloth.json" ${UNSLOTH_EXTRA[@]+"${UNSLOTH_EXTRA[@]}"}
+  json_placeholder "$OUT/gpu_unsloth.json" bench/gpu_unsloth.py "${RCS[${#RCS[@]}-1]}"
+  write_summary
+fi
+
+if [ "${KEEP:-0}" != 1 ]; then
+  rm -rf "$LOCALPEER_LLAMA8B_DIR" "$LOCALPEER_LLAMA8B_DIR.partial" "$LOCALPEER_LLAMA1B_DIR" \
+    "$LOCALPEER_LLAMA1B_DIR.partial" "$SCRATCH/throughput"
 fi
 write_summary
-rm -f "$ENV_FILE"
 
 echo "===== summary.txt"
 cat "$OUT/summary.txt"
-echo "===== gpu_memory.txt"
-cat "$OUT/gpu_memory.txt" 2>/dev/null
-echo "===== gpu_memory.json"
-cat "$OUT/gpu_memory.json"
-echo "===== pytest.log (last 80 lines)"
-tail -n 80 "$OUT/pytest.log" 2>/dev/null
+echo "===== pytest.log (last 60 lines)"
+tail -n 60 "$OUT/pytest.log" 2>/dev/null
+echo "===== bench.log (last 40 lines)"
+tail -n 40 "$OUT/bench.log" 2>/dev/null
 status=0
 for rc in "${RCS[@]}"; do [ "$rc" -ne 0 ] && status=1; done
 exit "$status"
