@@ -11,10 +11,11 @@ the LM head never seeing more rows than one chunk.
 
 import pytest
 import torch
+from test_packed import record_pairs
 from tiny import make_tiny_model_dir
 
 from localpeer.train import logps, segments
-from localpeer.train.logps import TokenizedPair, collate, sequence_logps
+from localpeer.train.logps import collate, sequence_logps
 
 CHUNK = 5  # positions per chunk in these tests: every batch spans several chunks
 LAYOUTS = ["plain", "packed-eager", "packed-segments"]
@@ -34,13 +35,7 @@ def small_chunks(monkeypatch):
 
 
 def pairs():
-    g = torch.Generator().manual_seed(1)
-
-    def ids(n):
-        return torch.randint(3, 300, (n,), generator=g).tolist()
-    p1, p2, gold = ids(7), ids(4), ids(5)
-    return [TokenizedPair(p1, gold, ids(3), 0, "a"), TokenizedPair(p1, gold, ids(6), 1, "a"),
-            TokenizedPair(p2, ids(2), ids(9), 2, "b"), TokenizedPair(p1, ids(4), gold, 3, "c")]
+    return record_pairs()  # two prompts, a golden shared within a record (tests/test_packed.py)
 
 
 def load(tiny, layout="plain", lora=False, checkpointing=False, dtype=torch.float32):

@@ -73,3 +73,27 @@ def test_report_on_a_run_folder_and_bad_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Training curves (4 steps" in out and "25.0%" in out and "50.0%" in out
     assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+def test_report_says_whether_the_tolerance_bound(tmp_path, capsys):
+    """summary.json's constraint record in words: a run where nothing bound says it was plain
+    multi-objective DPO, with its largest spread against eps * L0."""
+    write_demo_folder(tmp_path)
+    summary = tmp_path / "train" / "summary.json"
+    record = json.loads(summary.read_text())
+    record["constraint"] = {"form": "leader", "bound": 0.3466, "max_spread": 0.2012,
+                            "steps_with_lambda": 0, "first_step_with_lambda": None,
+                            "max_lambda": 0.0, "engaged": False}
+    summary.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert main(["report", str(tmp_path), "--width", "200"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "no constraint bound during the run" in out and "0.201" in out and "0.347" in out
+    assert "plain multi-objective DPO" in out
+    record["constraint"].update(engaged=True, steps_with_lambda=12, first_step_with_lambda=9,
+                                max_lambda=0.125, max_spread=0.41)
+    summary.write_text(json.dumps(record))
+    assert main(["report", str(tmp_path), "--width", "200"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "bound (leader form): largest spread 0.410 against ε·L₀ = 0.347" in out
+    assert "λ > 0 in 12 steps from step 9, largest λ 0.125" in out
