@@ -319,3 +319,26 @@ def test_sft_objective_trains_the_goldens_without_duals(tiny, tmp_path):
     assert all(v == 0.0 for ln in lines for v in ln["lambdas"].values())
     assert all(d["weight"] == pytest.approx(0.25) for ln in lines for d in ln["dims"].values())
     assert math.isfinite(lines[-1]["best_loss"]) and not summary["constraint"]["engaged"]
+
+
+def test_step_zero_eval_from_the_reference_equals_the_forward_pass(tiny, tmp_path):
+    """While every LoRA B is zero the policy is the reference, so the step-0 held-out eval is
+    computed from the reference log-probs alone: the same numbers as a forward pass."""
+    from localpeer.train.evaluate import adapter_is_identity, evaluate, evaluate_logps
+    from localpeer.train.loop import load_pairs
+    from localpeer.train.reference import compute_reference
+
+    recipe = recipe_for(tiny, tmp_path)
+    policy = load_policy(recipe, tiny)
+    data = load_pairs(recipe, policy.tokenizer)
+    pad = policy.tokenizer.pad_token_id
+    ref = compute_reference(policy, data.test, 4, pad)
+    assert adapter_is_identity(policy.model)
+    full = evaluate(policy, data.test, ref, data.dims, recipe, pad)
+    short = evaluate_logps(data.test, ref, ref, data.dims, recipe)
+    for d in full:
+        for key, value in full[d].items():
+            assert short[d][key] == pytest.approx(value, abs=1e-6), (d, key)
+    with torch.no_grad():
+        next(p for n, p in policy.model.named_parameters() if "lora_B" in n).add_(0.1)
+    assert not adapter_is_identity(policy.model)

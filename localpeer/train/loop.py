@@ -36,7 +36,12 @@ from localpeer.train.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from localpeer.train.evaluate import evaluate, stratified_subset
+from localpeer.train.evaluate import (
+    adapter_is_identity,
+    evaluate,
+    evaluate_logps,
+    stratified_subset,
+)
 from localpeer.train.logps import (
     TokenizedPair,
     collate,
@@ -368,7 +373,10 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
         log.info("resumed from step %d", start)
     eval_before = _first_eval(run) if resume else None
     if eval_before is None:
-        eval_before = evaluate(policy, data.test, ref_test, dims, recipe, pad_id)
+        if adapter_is_identity(policy.model):  # the policy is the reference: no forward pass
+            eval_before = evaluate_logps(data.test, ref_test, ref_test, dims, recipe)
+        else:
+            eval_before = evaluate(policy, data.test, ref_test, dims, recipe, pad_id)
         if dist.rank == 0:
             append_jsonl(run / "metrics.jsonl", {"step": 0, "split": "eval", "dims": eval_before})
         if on_eval:
