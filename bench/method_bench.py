@@ -13,9 +13,10 @@ Arms (each `localpeer train recipes/smollm2-135m-cpu.yaml` with overrides, in it
 
 Every run evaluates on all held-out pairs (train.eval_pairs=0) before and after training.
 Reported per arm and dimension: held-out selection accuracy (the golden has the higher
-length-normalised log-prob) and reward accuracy (h > 0) with Wilson 95% intervals over the
-held-out items (the mean over seeds as the rate of n items: seeds share the items, so n is
-not multiplied by them), the reward margin with a 95% interval (item and seed variance), the
+length-normalised log-prob) with a 95% interval across items and seeds (binomial item
+variance plus the seeds' variance), reward accuracy (h > 0) with a Wilson interval over the
+items (the mean over seeds as the rate of n items: seeds share the items, so n is not
+multiplied by them), the reward margin with a 95% interval (item and seed variance), the
 "longer response wins" baseline of the same pairs, the seeds' spread, the lambda trajectory,
 and the largest spread of the EMA losses each arm reached against its bound. Each arm is
 compared with plain DPO on selection accuracy by Fisher's exact test on the pooled counts
@@ -86,6 +87,20 @@ def fisher_p(k1: float, n1: int, k2: float, n2: int) -> float:
     return float(fisher_exact([[a, n1 - a], [b, n2 - b]])[1])
 
 
+def items_and_seeds(rates: list[float], n: int) -> dict:
+    """Mean of per-seed rates on the same n items with a 95% interval that counts both the
+    items (binomial, p(1-p)/n) and the seeds (their variance / S), by the normal
+    approximation, widened to at least the Wilson interval over the items (which stays
+    honest at rates near 0 or 1, where the normal one collapses)."""
+    S = len(rates)
+    p = sum(rates) / S
+    seeds = sum((r - p) ** 2 for r in rates) / max(S - 1, 1) / S
+    half = 1.96 * math.sqrt(p * (1 - p) / n + seeds)
+    wilson = Rate.of(p * n, n)
+    return {"value": p, "low": max(min(p - half, wilson.low), 0.0),
+            "high": min(max(p + half, wilson.high), 1.0)}
+
+
 def aggregate(runs: list[dict], arm: str) -> dict:
     mine = [r for r in runs if r["arm"] == arm]
     out = {"seeds": len(mine), "dims": {}}
@@ -108,6 +123,7 @@ def aggregate(runs: list[dict], arm: str) -> dict:
         out["dims"][d] = {
             "n_items": n,
             "selection": Rate.of(sum(sel) / len(sel) * n, n).__dict__,
+            "selection_items_seeds": items_and_seeds(sel, n),
             "selection_before": sum(b["selection_accuracy"] for b in before) / len(before),
             "selection_seeds": sel,
             "reward_accuracy": Rate.of(sum(acc) / len(acc) * n, n).__dict__,
@@ -136,7 +152,7 @@ def markdown(result: dict) -> str:
     for arm, agg in arms.items():
         for d in DIMS:
             x = agg["dims"][d]
-            s, r, m = x["selection"], x["reward_accuracy"], x["margin"]
+            s, r, m = x["selection_items_seeds"], x["reward_accuracy"], x["margin"]
             p = result["tests"].get(arm, {}).get(d)
             rows.append(
                 f"| {arm} | {d} | {s['value']:.3f} [{s['low']:.3f}, {s['high']:.3f}] "

@@ -88,8 +88,8 @@ def test_report_says_whether_the_tolerance_bound(tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path), "--width", "200"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "no constraint bound during the run" in out and "0.201" in out and "0.347" in out
-    assert "plain multi-objective DPO" in out
+    assert "no constraint bound during the run" in out and "0.201" in out
+    assert "within ε·L₀ = 0.347" in out and "plain multi-objective DPO" in out
     record["constraint"].update(engaged=True, steps_with_lambda=12, first_step_with_lambda=9,
                                 max_lambda=0.125, max_spread=0.41)
     summary.write_text(json.dumps(record))
@@ -97,3 +97,8 @@ def test_report_says_whether_the_tolerance_bound(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert "bound (leader form): largest spread 0.410 against ε·L₀ = 0.347" in out
     assert "λ > 0 in 12 steps from step 9, largest λ 0.125" in out
+    record["constraint"].update(engaged=False, duals=False, max_spread=0.8)  # dual_lr=0
+    summary.write_text(json.dumps(record))
+    assert main(["report", str(tmp_path), "--width", "200"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "duals off (dual_lr 0)" in out and "0.800, above ε·L₀ = 0.347" in out

@@ -134,10 +134,18 @@ def render_train_summary(run: Path, summary: dict, console: Console) -> None:
 def constraint_sentence(c: dict) -> str:
     """Whether Lag-DPO's tolerance bound in a run (summary.json "constraint"), in words."""
     unit = "ε·L₀" if c["form"] == "leader" else "ε"
+    spread = f"the largest spread of the EMA losses was {c['max_spread']:.3f}"
+    over = c["max_spread"] > c["bound"]
+    if c.get("objective", "dpo") != "dpo":
+        return f"no constraint: objective {c['objective']} trains without duals"
+    if not c.get("duals", True):
+        return (f"duals off (dual_lr 0): plain multi-objective DPO; {spread}, "
+                + ("above" if over else "within") + f" {unit} = {c['bound']:.3f}")
     if not c["engaged"]:
-        return (f"no constraint bound during the run: the largest spread of the EMA losses was "
-                f"{c['max_spread']:.3f}, within {unit} = {c['bound']:.3f}, so this run was "
-                "plain multi-objective DPO")
+        return (f"no constraint bound during the run: {spread}, "
+                + ("above" if over else "within")
+                + f" {unit} = {c['bound']:.3f}, and no λ moved: this run was plain "
+                "multi-objective DPO")
     return (f"bound ({c['form']} form): largest spread {c['max_spread']:.3f} against {unit} = "
             f"{c['bound']:.3f}; λ > 0 in {c['steps_with_lambda']} steps from step "
             f"{c['first_step_with_lambda']}, largest λ {c['max_lambda']:.3f}")

@@ -175,6 +175,9 @@ def _save(run: Path, step, policy, optimizer, scheduler, sampler, duals, last_me
         ref_train.save()
     tensors = {"lambdas": duals.lambdas, "loss_ema": duals.loss_ema,
                "seen": duals.seen.to(torch.uint8), "torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():  # LoRA dropout on the GPU draws from the CUDA generators
+        tensors.update({f"cuda_rng_{i}": state
+                        for i, state in enumerate(torch.cuda.get_rng_state_all())})
     path = save_checkpoint(run / "checkpoints", step, adapter_state(policy.model), optimizer,
                            scheduler, {"sampler": sampler.state(), "last_metrics": last_metrics},
                            tensors)
@@ -189,6 +192,10 @@ def _restore(path: Path, policy, optimizer, scheduler, sampler):
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state(state["sampler"])
     torch.set_rng_state(tensors["torch_rng"])
+    cuda_states = [tensors[k] for k in sorted(tensors, key=lambda k: int(k.rsplit("_", 1)[1]))
+                   if k.startswith("cuda_rng_")]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
     duals = lagdpo.DualState(tensors["lambdas"], tensors["loss_ema"], tensors["seen"].bool())
     return state["step"], duals
 
@@ -463,17 +470,21 @@ def _step_lines(path: Path) -> list[dict]:
     return [ln for ln in lines if ln.get("split") != "eval"]
 
 
-def constraint_record(steps: list[dict], tolerance: float, zero_loss: float, form: str) -> dict:
+def constraint_record(steps: list[dict], recipe: Recipe, zero_loss: float) -> dict:
     """Did the tolerance bind in this run? The largest spread of the EMA losses any step
     reached (max_k Lhat_k - min_k Lhat_k), the bound it is held to (leader: eps * L0; pairwise:
-    eps), the steps with some lambda > 0 and the largest lambda. A run in which nothing bound
-    was plain multi-objective DPO, and its summary and report say so."""
+    eps), whether the duals could move at all (objective dpo with dual_lr > 0), the steps with
+    some lambda > 0 and the largest lambda. A run in which nothing bound was plain
+    multi-objective DPO, and its summary and report say so."""
+    lag = recipe.lagrangian
     spreads = [max(d["loss_ema"] for d in ln["dims"].values())
                - min(d["loss_ema"] for d in ln["dims"].values()) for ln in steps if ln["dims"]]
-    bound = tolerance * zero_loss if form == "leader" else tolerance
+    bound = lag.tolerance * zero_loss if lag.form == "leader" else lag.tolerance
     active = [ln["step"] for ln in steps if any(v > 0 for v in ln["lambdas"].values())]
-    return {"form": form, "bound": bound, "max_spread": max(spreads, default=0.0),
-            "steps_with_lambda": len(active), "first_step_with_lambda": min(active, default=None),
+    return {"form": lag.form, "objective": recipe.train.objective,
+            "duals": recipe.train.objective == "dpo" and lag.dual_lr > 0, "bound": bound,
+            "max_spread": max(spreads, default=0.0), "steps_with_lambda": len(active),
+            "first_step_with_lambda": min(active, default=None),
             "max_lambda": max((v for ln in steps for v in ln["lambdas"].values()), default=0.0),
             "engaged": bool(active)}
 
@@ -493,5 +504,5 @@ def _summary(recipe, data: RunData, before: dict, after: dict, duals, dims, step
         "lambdas": lagdpo.FORMS[form].named(duals.lambdas, dims),
         "loss_ema": {d: float(duals.loss_ema[k]) for k, d in enumerate(dims)},
         "best_loss": lagdpo.best_loss(duals.loss_ema, duals.seen),
-        "constraint": constraint_record(steps, recipe.lagrangian.tolerance, zero_loss, form),
+        "constraint": constraint_record(steps, recipe, zero_loss),
     }

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from localpeer.train.backends import resolve_dtype
 from localpeer.train.logps import TokenizedPair, collate, sequence_logps, to_device
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,11 @@ def cache_key(policy, pairs: list[TokenizedPair], recipe) -> str:
     for p in pairs:
         digest.update(json.dumps([p.prompt, p.chosen, p.rejected]).encode())
     base = base_fingerprint(policy.source) if policy.source else "unknown"
-    digest.update(f"{base}|{recipe.quantize}|{recipe.dtype}|{policy.backend}".encode())
+    # the resolved dtype and the device: `dtype: auto` is fp32 on a CPU and bf16 on a GPU,
+    # whose log-probs differ; a cache from one must not serve the other
+    dtype = resolve_dtype(recipe, policy.device)
+    digest.update(f"{base}|{recipe.quantize}|{dtype}|{policy.device.type}|{policy.backend}|v2"
+                  .encode())
     return digest.hexdigest()[:24]
 
 
@@ -83,8 +88,11 @@ def reference_logps(policy, pairs: list[TokenizedPair], recipe, pad_id: int,
     """All pairs' reference log-probs, from the disk cache when the key matches."""
     path = CACHE / f"{cache_key(policy, pairs, recipe)}.safetensors"
     if path.exists():
-        log.info("reference log-probs (%s) from the cache %s", split, path)
-        return load_file(str(path))["logps"]
+        stored = load_file(str(path))["logps"]
+        if stored.shape == (len(pairs), 2) and not stored.isnan().any():
+            log.info("reference log-probs (%s) from the cache %s", split, path)
+            return stored
+        # a partial file (the lazy training cache under the same key): computed afresh
     logps = compute_reference(policy, pairs, recipe.train.batch_size, pad_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

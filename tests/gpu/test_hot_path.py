@@ -43,7 +43,8 @@ def test_a_training_step_never_waits_for_the_gpu_in_localpeer_code(tmp_path, mon
     ref = LazyReference(policy, data.train, recipe, tok.pad_token_id) if cached else None
     sampler = RecordSampler([p.dim for p in data.train], [p.record_id for p in data.train],
                             len(data.dims), 8, 0)
-    weights = lagdpo.lagrangian_weights(lagdpo.DualState.initial(len(data.dims)).lambdas, True)
+    weights = lagdpo.FORMS["leader"].weights(lagdpo.DualState.initial(len(data.dims)).lambdas,
+                                             recipe.lagrangian)
     policy.model.train()
     for _ in range(2):  # warm: the first step allocates, initialises kernels and caches
         accumulate_step(policy, data, sampler.next_batch(), weights, ref, recipe, Dist(),
