@@ -192,8 +192,9 @@ def _restore(path: Path, policy, optimizer, scheduler, sampler):
     scheduler.load_state_dict(state["scheduler"])
     sampler.load_state(state["sampler"])
     torch.set_rng_state(tensors["torch_rng"])
-    cuda_states = [tensors[k] for k in sorted(tensors, key=lambda k: int(k.rsplit("_", 1)[1]))
-                   if k.startswith("cuda_rng_")]
+    cuda_keys = sorted((k for k in tensors if k.startswith("cuda_rng_")),
+                       key=lambda k: int(k.removeprefix("cuda_rng_")))
+    cuda_states = [tensors[k] for k in cuda_keys]
     if cuda_states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(cuda_states[:torch.cuda.device_count()])
     duals = lagdpo.DualState(tensors["lambdas"], tensors["loss_ema"], tensors["seen"].bool())
