@@ -1,6 +1,7 @@
-"""The CUDA-only code (tests/gpu, bench/gpu_*.py) never runs here, so a renamed localpeer
-function would first fail on a lent GPU. This checks, without running it, that every
-localpeer name it imports or reads as `module.attribute` exists."""
+"""The CUDA-only code (tests/gpu, bench/gpu_*.py) and the benchmarks never run in the suite,
+so a renamed localpeer function would first fail on a lent GPU or in a benchmark. This
+checks, without running them, that every localpeer name they import or read as
+`module.attribute` exists."""
 
 import ast
 import importlib
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = sorted([*ROOT.glob("tests/gpu/*.py"), *ROOT.glob("bench/gpu_*.py")])
+FILES = sorted([*ROOT.glob("tests/gpu/*.py"), *ROOT.glob("bench/*.py")])
 
 
 def localpeer_names(tree: ast.AST):
