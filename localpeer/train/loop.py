@@ -49,6 +49,13 @@ from localpeer.train.logps import (
     to_device,
     tokenize_pairs,
 )
+from localpeer.train.records import (
+    first_eval,
+    metrics_line,
+    run_summary,
+    step_lines,
+    truncate_metrics,
+)
 from localpeer.train.reference import (
     LazyReference,
     compute_reference,
@@ -146,29 +153,6 @@ def make_optimizer(recipe: Recipe, policy: Policy):
     return cls(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
 
 
-def _metrics_line(step, loss, lr, tokens_per_s, dims, stats, state, weights, form) -> dict:
-    cuda = torch.cuda.is_available()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb()
-    reserved = {"peak_reserved_mb": round(torch.cuda.max_memory_reserved() / 2**20, 1)} \
-        if cuda else {}  # what the card must hold: the caching allocator's pool
-    return {
-        "step": step, "loss": float(loss), "lr": lr, "tokens_per_s": tokens_per_s,
-        "peak_mem_mb": round(peak, 1), **reserved,
-        "dims": {d: {"loss": float(stats.loss[k]), "loss_ema": float(state.loss_ema[k]),
-                     "margin": float(stats.margin[k]), "accuracy": float(stats.accuracy[k]),
-                     "weight": float(weights[k]), "pairs": int(stats.pairs[k])}
-                 for k, d in enumerate(dims)},
-        "lambdas": lagdpo.FORMS[form].named(state.lambdas, dims),
-        "best_loss": lagdpo.best_loss(state.loss_ema, state.seen),
-    }
-
-
-def _rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _save(run: Path, step, policy, optimizer, scheduler, sampler, duals, last_metrics,
           ref_train=None):
     if ref_train is not None:
@@ -263,26 +247,6 @@ class _StopFlag:
         return False
 
 
-def _first_eval(run: Path) -> dict | None:
-    """The step-0 held-out eval of this run, from metrics.jsonl (for a resumed summary)."""
-    path = run / "metrics.jsonl"
-    if path.exists():
-        for ln in path.read_text().splitlines():
-            line = json.loads(ln)
-            if line.get("split") == "eval" and line["step"] == 0:
-                return line["dims"]
-    return None
-
-
-def _truncate_metrics(run: Path, step: int) -> None:
-    """On resume, drop metric lines past the checkpoint so the file reads as one clean run."""
-    path = run / "metrics.jsonl"
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines()
-                if ln.strip() and json.loads(ln)["step"] <= step]
-        atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-
 def micro_batches(data: RunData, mine: list[int], recipe: Recipe,
                   share_prompt: bool) -> list[list[int]]:
     """This rank's pairs of one step as micro-batches: by padded token count when
@@ -346,6 +310,15 @@ def accumulate_step(policy: Policy, data: RunData, batch: list[int], weights: to
     return step_counts, dist.all_sum(sums), dist.all_sum(total), tokens
 
 
+def step_zero_eval(policy: Policy, data: RunData, ref_test: torch.Tensor, recipe: Recipe,
+                   pad_id: int) -> dict:
+    """The held-out eval before training; while the adapter is the identity the policy is the
+    reference, so it comes from the reference log-probs with no forward pass."""
+    if adapter_is_identity(policy.model):
+        return evaluate_logps(data.test, ref_test, ref_test, data.dims, recipe)
+    return evaluate(policy, data.test, ref_test, data.dims, recipe, pad_id)
+
+
 def train(recipe: Recipe, policy: Policy, resume: bool = False,
           on_step: Callable[[dict], None] | None = None,
           on_eval: Callable[[dict], None] | None = None) -> dict:
@@ -377,14 +350,11 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
         start, duals = _restore(latest_checkpoint(run / "checkpoints"), policy, optimizer,
                                 scheduler, sampler)
         if dist.rank == 0:
-            _truncate_metrics(run, start)
+            truncate_metrics(run / "metrics.jsonl", start)
         log.info("resumed from step %d", start)
-    eval_before = _first_eval(run) if resume else None
+    eval_before = first_eval(run / "metrics.jsonl") if resume else None
     if eval_before is None:
-        if adapter_is_identity(policy.model):  # the policy is the reference: no forward pass
-            eval_before = evaluate_logps(data.test, ref_test, ref_test, dims, recipe)
-        else:
-            eval_before = evaluate(policy, data.test, ref_test, dims, recipe, pad_id)
+        eval_before = step_zero_eval(policy, data, ref_test, recipe, pad_id)
         if dist.rank == 0:
             append_jsonl(run / "metrics.jsonl", {"step": 0, "split": "eval", "dims": eval_before})
         if on_eval:
@@ -426,7 +396,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
                 duals = lagdpo.track_losses(duals, stats.loss.float(), step_counts > 0,
                                             lag_cfg.ema)
             seconds = time.perf_counter() - t0
-            last = _metrics_line(step, total, scheduler.get_last_lr()[0],
+            last = metrics_line(step, total, scheduler.get_last_lr()[0],
                                  round(tokens * dist.world / seconds, 1), dims, stats, duals,
                                  weights, lag_cfg.form)
             if dist.rank == 0:
@@ -453,57 +423,7 @@ def train(recipe: Recipe, policy: Policy, resume: bool = False,
         _save(run, recipe.train.steps, policy, optimizer, scheduler, sampler, duals, last,
               ref_train)
         save_adapter(policy, run)
-        summary = _summary(recipe, data, eval_before, eval_after, duals, dims,
-                           _step_lines(run / "metrics.jsonl"), zero_loss)
+        summary = run_summary(recipe, data, eval_before, eval_after, duals,
+                              step_lines(run / "metrics.jsonl"), zero_loss)
         atomic_write_text(run / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _mean(ev: dict, key: str) -> float | None:
-    values = [v[key] for v in ev.values()]
-    return sum(values) / len(values) if values else None
-
-
-def _step_lines(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    lines = (json.loads(ln) for ln in path.read_text().splitlines() if ln.strip())
-    return [ln for ln in lines if ln.get("split") != "eval"]
-
-
-def constraint_record(steps: list[dict], recipe: Recipe, zero_loss: float) -> dict:
-    """Did the tolerance bind in this run? The largest spread of the EMA losses any step
-    reached (max_k Lhat_k - min_k Lhat_k), the bound it is held to (leader: eps * L0; pairwise:
-    eps), whether the duals could move at all (objective dpo with dual_lr > 0), the steps with
-    some lambda > 0 and the largest lambda. A run in which nothing bound was plain
-    multi-objective DPO, and its summary and report say so."""
-    lag = recipe.lagrangian
-    spreads = [max(d["loss_ema"] for d in ln["dims"].values())
-               - min(d["loss_ema"] for d in ln["dims"].values()) for ln in steps if ln["dims"]]
-    bound = lag.tolerance * zero_loss if lag.form == "leader" else lag.tolerance
-    active = [ln["step"] for ln in steps if any(v > 0 for v in ln["lambdas"].values())]
-    return {"form": lag.form, "objective": recipe.train.objective,
-            "duals": recipe.train.objective == "dpo" and lag.dual_lr > 0, "bound": bound,
-            "max_spread": max(spreads, default=0.0), "steps_with_lambda": len(active),
-            "first_step_with_lambda": min(active, default=None),
-            "max_lambda": max((v for ln in steps for v in ln["lambdas"].values()), default=0.0),
-            "engaged": bool(active)}
-
-
-def _summary(recipe, data: RunData, before: dict, after: dict, duals, dims, steps: list[dict],
-             zero_loss: float) -> dict:
-    form = recipe.lagrangian.form
-    return {
-        "steps": recipe.train.steps, "dims": list(dims),
-        "pairs": {"train": len(data.train), "test": len(data.test)},
-        "truncated": data.truncated,
-        "eval_before": before, "eval_after": after,
-        # selection accuracy: golden preferred by length-normalised log-prob (METHOD.md §4)
-        "mean_accuracy_before": _mean(before, "selection_accuracy"),
-        "mean_accuracy_after": _mean(after, "selection_accuracy"),
-        "mean_reward_accuracy_after": _mean(after, "accuracy"),
-        "lambdas": lagdpo.FORMS[form].named(duals.lambdas, dims),
-        "loss_ema": {d: float(duals.loss_ema[k]) for k, d in enumerate(dims)},
-        "best_loss": lagdpo.best_loss(duals.loss_ema, duals.seen),
-        "constraint": constraint_record(steps, recipe, zero_loss),
-    }
