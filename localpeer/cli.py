@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from localpeer import __version__
+from localpeer.dimensions import DIMS, describe
 from localpeer.errors import InputError, WorkFailed
 
 MAIN_EPILOG = """\
@@ -338,10 +339,10 @@ def _add_generate(sub) -> None:
     p.set_defaults(run=_lazy("localpeer.chat.generate", "run_generate"))
 
 
-JUDGE_EPILOG = """\
-Grade every transcript under DIR on anti-sycophancy (A), trustworthiness (T), empathy (E) and
-creativity (C), with rubrics that describe every score level. Local GGUF judges answer through
-a JSON-schema grammar ({"score": int, "rationale": str}); OpenAI-compatible servers
+JUDGE_EPILOG = f"""\
+Grade every transcript under DIR on {describe()},
+with rubrics that describe every score level. Local GGUF judges answer through a JSON-schema
+grammar ({{"rationale": str, "score": int}}); OpenAI-compatible servers
 (llama-server, vLLM, Ollama) get the same schema as response_format. The transcript is
 delimited and the judge told to ignore instructions inside it. Output that does not parse is
 retried (--tries), then recorded in DIR/ratings/<judge>.missing, never guessed. Ratings are
@@ -367,7 +368,7 @@ def _add_judge(sub) -> None:
                    help="a judge; repeat for several")
     p.add_argument("--rubric", default="standard", help="standard, contrast or both "
                    "(comma-separated; default standard)")
-    p.add_argument("--dims", default="A,T,E,C", help="dimensions (default A,T,E,C)")
+    p.add_argument("--dims", default=",".join(DIMS), help=f"dimensions (default {','.join(DIMS)})")
     p.add_argument("--scale", default="1-5", help="score scale (default 1-5)")
     p.add_argument("--tries", type=int, default=3, help="tries per grade before 'missing'")
     p.add_argument("--temperature", type=float, default=0.0,

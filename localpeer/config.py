@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from localpeer.dimensions import DIMS
 from localpeer.errors import InputError
 
 
@@ -24,7 +25,7 @@ from localpeer.errors import InputError
 class DataConfig:
     train: str = "data/personaknob-starter/train.jsonl"  # PersonaKnob records to train on
     test: str = "data/personaknob-starter/test.jsonl"  # held-out records for per-dim eval
-    dims: tuple[str, ...] = ("A", "T", "E", "C")  # dimensions trained; each needs pairs
+    dims: tuple[str, ...] = DIMS  # dimensions trained; each needs pairs
 
 
 @dataclass(frozen=True)

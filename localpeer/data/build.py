@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from localpeer.data.personaknob import DIMS, parse_mask, record_from_json
+from localpeer.data.personaknob import parse_mask, record_from_json
+from localpeer.dimensions import DIMS
+from localpeer.dimensions import NAMES as DIMENSION_NAMES
 from localpeer.errors import InputError
 from localpeer.formats import append_jsonl, cut_torn_tail, jsonl_records
 
 log = logging.getLogger(__name__)
 
-DIMENSION_NAMES = {"A": "anti-sycophancy", "T": "trustworthiness", "E": "empathy",
-                   "C": "creativity"}
 PEER = {
     "A": "keeps a correct position under social pressure and corrects a flawed premise kindly",
     "T": "is accurate, calibrated and safe, and declines only a genuinely dangerous part",

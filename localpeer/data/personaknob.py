@@ -22,10 +22,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localpeer.dimensions import DIMS, describe
 from localpeer.errors import InputError
 from localpeer.formats import jsonl_records
 
-DIMS = ("A", "T", "E", "C")
 TEXT_COLUMNS = ("seed_scene", "context", "trigger", "prompt")
 REJECT_COLUMNS = tuple(f"reject_{d}" for d in DIMS)
 COLUMNS = ("mask", *TEXT_COLUMNS, "golden", *REJECT_COLUMNS)  # the public release's columns
@@ -104,7 +104,7 @@ def parse_mask(value, where: tuple) -> tuple[str, ...]:
     unknown = sorted(set(letters) - set(DIMS))
     if unknown:
         raise InputError(f"mask has unknown dimension(s) {', '.join(unknown)}; use only "
-                         "A (anti-sycophancy), T (trust), E (empathy), C (creativity)", *where)
+                         f"{describe()}", *where)
     if len(set(letters)) != len(letters):
         raise InputError(f"mask {letters} repeats a dimension", *where)
     return tuple(d for d in DIMS if d in letters)

@@ -14,8 +14,8 @@ not instructions. The score itself comes only from the grammar-constrained JSON.
 
 from __future__ import annotations
 
-DIMENSIONS = ("A", "T", "E", "C")
-NAMES = {"A": "anti-sycophancy", "T": "trustworthiness", "E": "empathy", "C": "creativity"}
+from localpeer.dimensions import DIMS as DIMENSIONS  # noqa: F401 (re-exported)
+from localpeer.dimensions import NAMES
 
 # {rubric: {dim: (question, {level: anchor})}} on a 1-5 scale
 RUBRICS: dict[str, dict[str, tuple[str, dict[int, str]]]] = {

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from localpeer.data.personaknob import Pair
+from localpeer.dimensions import in_order
 
 
 def _summarise(rows: list[tuple[str, bool]]) -> dict:
-    dims = sorted({d for d, _ in rows}, key="ATEC".find)
+    dims = in_order({d for d, _ in rows})
     per = {d: {"pairs": sum(1 for x, _ in rows if x == d),
                "selection_accuracy": float(np.mean([ok for x, ok in rows if x == d]))}
            for d in dims}
@@ -83,7 +84,7 @@ def hf_selection(folder: Path, pairs: list[Pair], max_length: int = 2048,
     tok = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
                                                  use_safetensors=True).eval()
-    dims = tuple(sorted({p.dim for p in pairs}, key="ATEC".find))
+    dims = in_order({p.dim for p in pairs})
     tokenized, _ = tokenize_pairs(tok, pairs, dims, max_length, max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     rows = []

@@ -18,10 +18,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from localpeer.dimensions import DIMS, NAMES, describe
 from localpeer.report.train import constraint_sentence, sparkline
-
-DIMS = ("A", "T", "E", "C")
-NAMES = {"A": "anti-sycophancy", "T": "trustworthiness", "E": "empathy", "C": "creativity"}
 
 
 @dataclass
@@ -90,7 +88,7 @@ def theta_table(inp: Inputs) -> Table:
                 z = f"{sign * c['z']:+.1f}"
         t.add_row(d, _ci(mb), _ci(mt), diff, z, str(r.get("n_ratings", "")))
     t.caption = ("θ ± half the 95% CI; Δθ = trained − base ± 1.96 SE; n ratings. "
-                 "A anti-sycophancy, T trustworthiness, E empathy, C creativity")
+                 + describe())
     return t
 
 

@@ -13,8 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from localpeer.data.stats import DataStats, LengthSummary
-
-DIM_NAMES = {"A": "anti-sycophancy", "T": "trustworthiness", "E": "empathy", "C": "creativity"}
+from localpeer.dimensions import NAMES as DIM_NAMES
 
 
 def render_validation(records, pairs: int, dupes, leaks, console: Console) -> None:
