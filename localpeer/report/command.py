@@ -5,7 +5,7 @@
     localpeer report runs/smollm2-135m-cpu           # a run folder: curves and held-out accuracy
 
 A DIR's report.json names the parts: {"base": NAME, "trained": NAME, "score": FILE,
-"probes": DIR, "run": RUN_DIR, "export": EXPORT_DIR}; flags override it.
+"probes": DIR, "run": RUN_DIR, "export": EXPORT_DIR, "calibration": FILE}; flags override it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def run_report(args) -> int:
     inp = load_inputs(base, trained, pick(args.score, "score", None if is_run else "score.json"),
                       pick(args.probes, "probes", None if is_run else "probes"),
                       folder if is_run else pick(args.run_folder, "run"),
-                      pick(args.export, "export"))
+                      pick(args.export, "export"),
+                      pick(getattr(args, "calibration", None), "calibration",
+                           None if is_run else "calibration.json"))
     if is_run:
         inp.notes = [n for n in inp.notes if not n.startswith("no score JSON (None)")]
     console = Console(record=bool(args.html), width=args.width)

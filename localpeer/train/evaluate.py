@@ -67,5 +67,7 @@ def evaluate_logps(pairs: list[TokenizedPair], policy_logps: torch.Tensor, ref: 
     return {d: {"loss": float(stats.loss[k]), "margin": float(stats.margin[k]),
                 "margin_sd": margin_sd[k], "accuracy": float(stats.accuracy[k]),
                 "selection_accuracy": float(chosen_right[k] / counts[k]),
-                "pairs": int(stats.pairs[k])}
+                "pairs": int(stats.pairs[k]),
+                # per pair, in file order: before/after changes get McNemar's paired test
+                "selected": [int(x) for x in selected[dim_all == k].tolist()]}
             for k, d in enumerate(dims) if stats.pairs[k] > 0}
