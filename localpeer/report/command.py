@@ -31,7 +31,8 @@ def run_report(args) -> int:
     from rich.console import Console
 
     from localpeer.formats import atomic_write_text
-    from localpeer.report.compare import load_inputs, render
+    from localpeer.report.compare import build, load_inputs, render
+    from localpeer.report.html import render_html
 
     folder = Path(args.dir)
     if not folder.is_dir():
@@ -56,9 +57,8 @@ def run_report(args) -> int:
                            None if is_run else "calibration.json"))
     if is_run:
         inp.notes = [n for n in inp.notes if not n.startswith("no score JSON (None)")]
-    console = Console(record=bool(args.html), width=args.width)
-    console.print(render(inp))
-    if args.html:
-        atomic_write_text(Path(args.html), console.export_html(inline_styles=True))
+    Console(width=args.width).print(render(inp))
+    if args.html:  # the same Report drawn as a standalone page (tables, inline SVG plots)
+        atomic_write_text(Path(args.html), render_html(build(inp)))
         Console(stderr=True).print(f"wrote {args.html}")
     return 0
