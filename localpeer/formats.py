@@ -107,15 +107,26 @@ def _read_text(path: Path) -> str:
                          "save the file as UTF-8", path, line) from None
 
 
-def jsonl_records(path: Path, text: str | None = None) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for every non-blank line of a JSONL file (or of its `text`)."""
+def jsonl_records(path: Path, text: str | None = None,
+                  appended: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file (or of its `text`).
+
+    `appended`: the file is one localpeer appends to (transcripts, ratings, probe output,
+    metrics.jsonl): a last line that has no newline and does not parse is a write cut short
+    by a crash; it is skipped with a warning, and the next append removes it (cut_torn_tail).
+    Anything else that does not parse is an error naming the line."""
     body = _read_text(path) if text is None else text
-    for line, text in enumerate(body.split("\n"), start=1):  # noqa: B020 (body is split first)
+    lines = body.split("\n")
+    for line, text in enumerate(lines, start=1):  # noqa: B020 (body is split first)
         if not text.strip():
             continue
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
+            if appended and line == len(lines):
+                log.warning("%s: line %d is incomplete (an interrupted write); ignored", path,
+                            line)
+                return
             raise InputError(f"not valid JSON ({e.msg}, column {e.colno}); "
                              "write one JSON object per line", path, line) from None
         if not isinstance(obj, dict):
@@ -256,17 +267,7 @@ def read_transcripts(path: Path) -> list[Transcript]:
     conversation after every turn, so the last line of an id is the conversation. A torn last
     line (a crash mid-write, no final newline) is left out with a warning."""
     path = Path(path)
-    text = _read_text(path)
-    end = len(text.rstrip("\n"))
-    records = jsonl_records(path)
-    if text and not text.endswith("\n") and "\n" in text[:end]:
-        try:
-            json.loads(text[text.rfind("\n", 0, end) + 1:])
-        except json.JSONDecodeError:
-            torn = text.count("\n") + 1
-            log.warning("%s:%d: an incomplete last line (a crash mid-write?) is left out",
-                        path, torn)
-            records = ((n, o) for n, o in jsonl_records(path, text[:text.rfind("\n") + 1]))
+    records = jsonl_records(path, appended=True)
     by_id: dict[str, Transcript] = {}
     for line, obj in records:
         t = _make_transcript(obj, path, line)
@@ -288,7 +289,8 @@ def read_ratings(path: Path, scale: Scale) -> list[Rating]:
     if suffix == ".csv":
         ratings = _csv_ratings(path, scale)
     elif suffix == ".jsonl":
-        ratings = [_make_rating(obj, scale, path, line) for line, obj in jsonl_records(path)]
+        ratings = [_make_rating(obj, scale, path, line)
+                   for line, obj in jsonl_records(path, appended=True)]
     else:
         raise InputError("a ratings file must be .csv or .jsonl; convert or rename it", path)
     log.debug("%s: %d ratings", path, len(ratings))
@@ -433,9 +435,19 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _complete_line(tail: bytes) -> bool:
+    """Whether the bytes after a JSONL file's last newline are a whole JSON object: a record
+    written completely but for its newline, not a write cut short."""
+    try:
+        return isinstance(json.loads(tail.decode("utf-8")), dict)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
 def cut_torn_tail(path: Path) -> bool:
-    """Cut an incomplete last line (a crash mid-write) off an append-only JSONL file, so the
-    next append starts on a fresh line; True if something was cut."""
+    """The one torn-tail rule for append-only JSONL files, applied before appending: a last
+    line without its newline is kept (and the newline added) when it is a whole JSON object,
+    and cut off when it is not (a crash mid-write); True if something was cut."""
     path = Path(path)
     if not path.exists():
         return False
@@ -443,18 +455,37 @@ def cut_torn_tail(path: Path) -> bool:
     cut = data.rfind(b"\n") + 1
     if cut == len(data):
         return False
-    log.warning("%s: removing an incomplete last line left by an interrupted run", path)
+    complete = _complete_line(data[cut:])
     with path.open("r+b") as f:
-        f.truncate(cut)
+        if complete:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            log.warning("%s: removing an incomplete last line left by an interrupted run", path)
+            f.truncate(cut)
         f.flush()
         os.fsync(f.fileno())
-    return True
+    return not complete
+
+
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def append_jsonl(path: Path, obj: dict) -> None:
     """Append `obj` as one JSON line and fsync, so a crash loses at most the line being written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if _ends_mid_line(path):  # a torn or unterminated tail: the one rule, before appending
+        cut_torn_tail(path)
     line = json.dumps(obj, ensure_ascii=False) + "\n"
     with path.open("a", encoding="utf-8", newline="\n") as f:
         f.write(line)

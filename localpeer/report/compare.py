@@ -82,9 +82,9 @@ def load_inputs(base: str, trained: str, score: Path | None, probes: Path | None
             if isinstance(result, dict) and "suite" in result and "model" in result:
                 inp.probes[(result["model"], result["suite"])] = result
     if run and (run / "metrics.jsonl").is_file():
-        from localpeer.train.records import metrics_lines
+        from localpeer.formats import jsonl_records
 
-        inp.metrics = metrics_lines(run / "metrics.jsonl")
+        inp.metrics = [obj for _, obj in jsonl_records(run / "metrics.jsonl", appended=True)]
         if (run / "summary.json").is_file():
             inp.summary = _read_json(run / "summary.json")
         inp.length_baseline = _length_baseline(run)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+
+from localpeer.formats import jsonl_records
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -107,7 +108,7 @@ def render_memory_estimate(recipe_yaml: str, est, total_gb: float | None,
 
 
 def render_train_summary(run: Path, summary: dict, console: Console) -> None:
-    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = [obj for _, obj in jsonl_records(run / "metrics.jsonl", appended=True)]
     steps = [ln for ln in lines if ln.get("split") != "eval"]
     evals = [ln for ln in lines if ln.get("split") == "eval"]
     console.print()

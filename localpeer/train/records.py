@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from localpeer.config import Recipe
-from localpeer.formats import atomic_write_text
+from localpeer.formats import atomic_write_text, jsonl_records
 from localpeer.train import lagdpo
 
 
@@ -23,7 +23,7 @@ def metrics_lines(path: Path) -> list[dict]:
     """Every line of a metrics.jsonl (none when it does not exist)."""
     if not Path(path).exists():
         return []
-    return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+    return [obj for _, obj in jsonl_records(Path(path), appended=True)]  # torn tail skipped
 
 
 def step_lines(path: Path) -> list[dict]:
