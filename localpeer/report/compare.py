@@ -216,12 +216,13 @@ def paired_outcomes(metric: Metric, a: dict, b: dict) -> list[tuple[bool, bool]]
 
 
 def compare_rates(ra: Rate | None, rb: Rate | None, pairs: list[tuple[bool, bool]] | None,
-                  higher_is_better: bool) -> tuple[str, str, Cell]:
-    """(change text, test text, verdict cell) for base rate ra vs trained rate rb."""
+                  higher_is_better: bool) -> tuple[Cell, str, Cell]:
+    """(change cell, test text, verdict cell) for base rate ra vs trained rate rb; the change
+    is coloured as its verdict is."""
     if ra is None or rb is None or not ra.n or not rb.n:
-        return "", "", Cell("—", "muted")
+        return Cell(""), "", Cell("—", "muted")
     if ra.value == rb.value and ra.value in (0.0, 1.0):
-        return "", "", Cell(f"degenerate: {100 * ra.value:.0f}% for both models", "warn")
+        return Cell(""), "", Cell(f"degenerate: {100 * ra.value:.0f}% for both models", "warn")
     diff = rb.value - ra.value
     if pairs is not None and pairs:
         test = Paired.of(pairs)
@@ -231,7 +232,7 @@ def compare_rates(ra: Rate | None, rb: Rate | None, pairs: list[tuple[bool, bool
         p = fisher_p(round(ra.successes), ra.n, round(rb.successes), rb.n)
         text = f"Fisher {_p(p)} (unpaired)"
     v = verdict(diff, p, higher_is_better)
-    return f"{100 * diff:+.1f} pts", text, v
+    return Cell(f"{100 * diff:+.1f} pts", v.tone), text, v
 
 
 def failures_section(inp: Inputs) -> Section | None:
@@ -247,7 +248,7 @@ def failures_section(inp: Inputs) -> Section | None:
             continue
         pairs = paired_outcomes(m, a, b) if a and b else None
         change, test, v = compare_rates(ra, rb, pairs, m.higher_is_better)
-        s.add(m.label, rate_text(ra), rate_text(rb), Cell(change, v.tone), test, v)
+        s.add(m.label, rate_text(ra), rate_text(rb), change, test, v)
     if not s.rows:
         return None
     judge = next((r.get("judge") for (_, suite), r in inp.probes.items()
@@ -296,7 +297,7 @@ def selection_sections(inp: Inputs) -> list[Section]:
             (pb or {}).get("dims", {}).get(d))
         if ra is not None or rb is not None:
             change, test, v = compare_rates(ra, rb, _select_pairs(pa, pb, d), True)
-            probe.add(f"{d} {NAMES[d]}", rate_text(ra), rate_text(rb), Cell(change, v.tone),
+            probe.add(f"{d} {NAMES[d]}", rate_text(ra), rate_text(rb), change,
                       test, v)
         r0, r1 = _eval_rate(before.get(d)), _eval_rate(after.get(d))
         if r0 is not None or r1 is not None:
@@ -305,7 +306,7 @@ def selection_sections(inp: Inputs) -> list[Section]:
                      if sel0 is not None and sel1 is not None and len(sel0) == len(sel1)
                      else None)
             change, test, v = compare_rates(r0, r1, pairs, True)
-            run.add(f"{d} {NAMES[d]}", rate_text(r0), rate_text(r1), Cell(change, v.tone), test,
+            run.add(f"{d} {NAMES[d]}", rate_text(r0), rate_text(r1), change, test,
                     v, rate_text(inp.length_baseline.get(d)))
     run.caption = ("\"longer wins\": how often the golden is simply the longer response on the "
                    "run's held-out records (ties half), the baseline a selection accuracy must "
