@@ -77,3 +77,86 @@ def test_transcripts_and_metrics_with_torn_tails_still_read(tmp_path, capsys):
     (run / "metrics.jsonl").write_text(json.dumps(step) + "\n" + json.dumps(step)[:40])
     assert main(["report", str(run)]) == 0
     assert "DPO loss" in capsys.readouterr().out
+
+
+# ---- 2. CSV encodings; 7. data import's bad input --------------------------------------------
+
+def _release_csv(path, encoding="utf-8", bom=False, n=20):
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["id", "mask", "seed_scene", "context", "trigger", "prompt", "golden", "reject_A",
+                "reject_T", "reject_E", "reject_C", "split"])
+    for k in range(n):
+        w.writerow([f"r{k:02d}", "A", "scène", "c", "t", f"prompt {k}", f"golden {k}",
+                    f"reject {k}", "", "", "", "train"])
+    path.write_bytes(("\ufeff" if bom else "").encode(encoding) + buf.getvalue().encode(encoding))
+
+
+def _no_traceback(err):
+    assert "Traceback" not in err
+
+
+def test_a_csv_with_a_bom_keeps_its_id_column(tmp_path, capsys):
+    src = tmp_path / "release.csv"
+    _release_csv(src, bom=True)
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"r{k:02d}" for k in range(20)]
+    assert all("\ufeffid" not in r.get("meta", {}) for r in rows)
+    assert not (tmp_path / "out" / "test.jsonl").exists()  # the split column is kept: 20/0
+
+
+def test_a_latin1_csv_names_the_encoding(tmp_path, capsys):
+    src = tmp_path / "release.csv"
+    _release_csv(src, encoding="latin-1")
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "release.csv" in err and "not UTF-8" in err and "Latin-1" in err
+    _no_traceback(err)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("meta", ["a string", ["a", "list"]])
+def test_meta_that_is_not_an_object_is_refused(tmp_path, capsys, meta):
+    src = tmp_path / "r.jsonl"
+    row = {"id": "x", "mask": ["A"], "seed_scene": "s", "context": "c", "trigger": "t",
+           "prompt": "p", "golden": "g", "reject_A": "r", "meta": meta}
+    src.write_text(json.dumps(row) + "\n")
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "r.jsonl:1" in err and "meta must be an object" in err
+    _no_traceback(err)
+
+
+def test_a_truncated_parquet_is_a_clear_error(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "r.parquet"
+    pq.write_table(pa.Table.from_pylist([{"id": "x", "prompt": "p" * 1000}]), src)
+    src.write_bytes(src.read_bytes()[:200])
+    assert main(["data", "import", str(src), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "r.parquet" in err and "not a readable Parquet file" in err
+    _no_traceback(err)
+
+
+# ---- 5. outputs that would overwrite an input or sit stale beside new files -------------------
+
+def test_reimport_leaves_no_stale_split_and_never_overwrites_its_source(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "test.jsonl").write_text('{"old": true}\n')  # from an earlier import
+    src = tmp_path / "release.csv"
+    _release_csv(src)
+    assert main(["data", "import", str(src), "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["train.jsonl"]
+    before = (out / "train.jsonl").read_bytes()
+    assert main(["data", "import", str(out / "train.jsonl"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "would overwrite the source" in err
+    _no_traceback(err)
+    assert (out / "train.jsonl").read_bytes() == before

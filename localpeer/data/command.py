@@ -63,11 +63,22 @@ def run_import(args) -> int:
         raise WorkFailed(f"{len(leaks)} prompt(s) appear in both train and test, e.g. "
                          f"{leaks[0][0]} and {leaks[0][1]}; fix the source splits")
     out = Path(args.out)
+    src = Path(args.src).resolve()
+    for split in by_split:
+        target = (out / f"{split}.jsonl").resolve()
+        if target == src or (src.is_dir() and src in target.parents):
+            raise InputError(f"--out {out} would overwrite the source {args.src}; write to "
+                             "another folder", out / f"{split}.jsonl")
+    # the two split files are one unit: a split the new import lacks must not keep an old file
     for split, rows in by_split.items():
+        path = out / f"{split}.jsonl"
         if rows:
             text = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in rows)
-            atomic_write_text(out / f"{split}.jsonl", text)
-            console.print(f"wrote {len(rows)} records to {out / f'{split}.jsonl'}")
+            atomic_write_text(path, text)
+            console.print(f"wrote {len(rows)} records to {path}")
+        elif path.exists():
+            path.unlink()
+            console.print(f"removed {path}: the new import has no {split} records")
     if dropped:
         console.print(f"dropped {len(dropped)} duplicate prompt(s)")
     return 0

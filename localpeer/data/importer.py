@@ -37,11 +37,20 @@ def _needs_pyarrow(what: str):
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(newline="", encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        for row in reader:
-            # csv has no null: an empty reject cell is an inactive dimension
-            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+        try:
+            for row in reader:
+                # csv has no null: an empty reject cell is an inactive dimension
+                yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items()}
+        except UnicodeDecodeError as e:
+            raise InputError(f"not UTF-8 (byte 0x{e.object[e.start]:02x}); the file looks like "
+                             "another encoding (e.g. Latin-1 or Windows-1252): save it as UTF-8",
+                             path, reader.line_num + 1) from None
+        except csv.Error as e:
+            raise InputError(f"not valid CSV ({e}); check the quoting", path,
+                             reader.line_num) from None
 
 
 def _table_rows(table) -> Iterator[tuple[int, dict]]:
@@ -50,9 +59,15 @@ def _table_rows(table) -> Iterator[tuple[int, dict]]:
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
     _needs_pyarrow("Parquet")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    yield from _table_rows(pq.read_table(path))
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"not a readable Parquet file ({e}); a truncated or partly copied "
+                         "file? copy it again or export it anew", path) from None
+    yield from _table_rows(table)
 
 
 def _datasets_folder_rows(folder: Path) -> Iterator[tuple[str, Path, int, dict]]:
@@ -101,7 +116,11 @@ def _to_record(row: dict, split: str | None, path: Path, line: int) -> Record:
                          f"{', '.join(COLUMNS)}", path, line)
     obj = {k: row.get(k) for k in KNOWN if k in row}
     extra = {k: v for k, v in row.items() if k not in KNOWN}
-    meta = dict(row.get("meta") or {})
+    given = row.get("meta") or {}
+    if not isinstance(given, dict):
+        raise InputError(f"meta must be an object {{\"key\": value, ...}}, got "
+                         f"{type(given).__name__} {given!r:.40}", path, line)
+    meta = dict(given)
     meta.update(extra)
     obj["meta"] = meta
     obj["id"] = str(row["id"]) if row.get("id") not in (None, "") else _content_id(row)
