@@ -160,3 +160,73 @@ def test_reimport_leaves_no_stale_split_and_never_overwrites_its_source(tmp_path
     assert "would overwrite the source" in err
     _no_traceback(err)
     assert (out / "train.jsonl").read_bytes() == before
+
+
+# ---- 3, 4. resuming: an incompatible recipe, a run killed before its first checkpoint -------
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from tiny import make_tiny_model_dir
+
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _train_recipe(tiny_model, tmp_path):
+    import yaml
+    from test_train import write_synthetic
+
+    recipe = {"model": str(tiny_model), "out_dir": str(tmp_path / "run"),
+              "train": {"steps": 2, "batch_size": 8, "lr": 1e-3, "warmup_steps": 0,
+                        "eval_every": 0, "checkpoint_every": 1, "max_length": 64},
+              "lora": {"rank": 4},
+              "data": {"train": str(write_synthetic(tmp_path / "train.jsonl", per_dim=8)),
+                       "test": str(write_synthetic(tmp_path / "test.jsonl", per_dim=2,
+                                                   seed=1))}}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_resume_with_an_incompatible_recipe_writes_nothing(tiny_model, tmp_path, capsys):
+    recipe = _train_recipe(tiny_model, tmp_path)
+    assert main(["train", str(recipe)]) == 0
+    run = tmp_path / "run"
+    before = _snapshot(run)
+    capsys.readouterr()
+    assert main(["train", str(recipe), "lora.rank=8", "train.lr=0.01", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "lora.rank: 4 in the run, 8 now" in err and "train.lr" in err
+    assert "recipe.yaml" in err and "--restart" in err
+    _no_traceback(err)
+    assert _snapshot(run) == before  # nothing written, recipe.yaml included
+    assert main(["train", str(recipe), "train.steps=3", "--resume"]) == 0  # steps may change
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(x["step"] for x in lines) == 3
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_resume_or_restart(tiny_model, tmp_path,
+                                                                          capsys):
+    from localpeer.config import load_recipe
+    from localpeer.train.loop import prepare_run
+
+    recipe = _train_recipe(tiny_model, tmp_path)
+    run = prepare_run(load_recipe(recipe), resume=False)  # as a run killed at once leaves it
+    append_jsonl(run / "metrics.jsonl", {"step": 0, "split": "eval", "dims": {}})
+    capsys.readouterr()
+    assert main(["train", str(recipe)]) == 2  # a new run would overwrite: the ways out are named
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--restart" in err and "step 0" in err
+    _no_traceback(err)
+    assert main(["train", str(recipe), "--resume"]) == 0
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if x.get("split") != "eval"] == [1, 2]
+    assert main(["train", str(recipe), "--restart"]) == 0
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
+    assert len(aside) == 1 and (aside[0] / "adapter").is_dir()  # the old run kept, aside
+    assert (run / "summary.json").is_file()
+    assert main(["train", str(recipe), "--restart", "--resume"]) == 2

@@ -94,6 +94,17 @@ def run_train(args) -> int:
     console = Console()
     if args.dry_run:
         return dry_run(recipe, console)
+    from localpeer.train.loop import check_resume_recipe, restart_run
+
+    if getattr(args, "restart", False):
+        if args.resume:
+            raise InputError("--resume and --restart exclude each other: --resume continues "
+                             "the run, --restart moves it aside and starts over")
+        aside = restart_run(recipe)
+        if aside is not None:
+            console.print(f"--restart: moved the old run to {aside}")
+    elif args.resume:  # before the model loads: a refused resume costs nothing
+        check_resume_recipe(recipe, Path(recipe.out_dir))
     path, targets = model_source(recipe)
     from localpeer.report import render_train_summary, train_live
     from localpeer.train.backends import load_policy
