@@ -38,7 +38,7 @@ def fake_run(run: Path, adapter: bool = True) -> Path:
     (run / "recipe.yaml").write_text("model: smollm2-135m-instruct\n")
     if adapter:
         (run / "adapter").mkdir()
-        (run / "adapter" / "adapter_config.json").write_text("{}")
+        (run / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     return run
 
 

@@ -230,3 +230,22 @@ def test_a_run_stopped_before_its_first_checkpoint_can_resume_or_restart(tiny_mo
     assert len(aside) == 1 and (aside[0] / "adapter").is_dir()  # the old run kept, aside
     assert (run / "summary.json").is_file()
     assert main(["train", str(recipe), "--restart", "--resume"]) == 2
+
+
+# ---- 8. export --quant F32 -------------------------------------------------------------------
+
+def test_export_accepts_f32_and_every_type_it_documents(tmp_path, capsys):
+    pytest.importorskip("llama_cpp")
+    from localpeer.export.quantize import parse_quants, valid_quants
+
+    assert parse_quants("f32,Q8_0") == ("F32", "Q8_0")  # LLAMA_FTYPE_ALL_F32: the kept twin
+    for documented in ("F16", "F32", "Q8_0", "Q4_K_M", "Q4_1", "BF16"):
+        assert documented in valid_quants()
+    from test_export import fake_run
+
+    run = fake_run(tmp_path / "run")
+    (run / "adapter" / "adapter_config.json").write_text("{}")  # the next check refuses it
+    assert main(["export", str(run), "--quant", "F32"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown type" not in err and "adapter_config.json" in err
+    _no_traceback(err)

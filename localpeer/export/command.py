@@ -41,9 +41,17 @@ def _check_run(run: Path) -> Path:
     if not (run / "recipe.yaml").is_file():
         raise InputError("no recipe.yaml in this run folder; is it a `localpeer train` run?", run)
     adapter = run / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
+    config = adapter / "adapter_config.json"
+    if not config.is_file():
         raise InputError("no adapter/adapter_config.json; the run has not finished training "
                          "(a checkpoint's adapter can be copied to RUN/adapter)", run)
+    try:
+        peft_type = json.loads(config.read_text()).get("peft_type")
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        peft_type = None
+    if peft_type != "LORA":
+        raise InputError("not a PEFT LoRA adapter config (it needs \"peft_type\": \"LORA\"); "
+                         "copy RUN/adapter again from a checkpoint or rerun training", config)
     return adapter
 
 

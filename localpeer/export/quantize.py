@@ -24,7 +24,9 @@ KQUANT_ROW = 256  # K-quant super-block width; narrower rows fall back to legacy
 def valid_quants() -> list[str]:
     import llama_cpp
 
-    return sorted(n[len(PREFIX):] for n in dir(llama_cpp) if n.startswith(PREFIX))
+    # F32 is llama.cpp's LLAMA_FTYPE_ALL_F32 (no MOSTLY_): the converter's twin, kept as is
+    mostly = [n[len(PREFIX):] for n in dir(llama_cpp) if n.startswith(PREFIX)]
+    return sorted(mostly + (["F32"] if hasattr(llama_cpp, "LLAMA_FTYPE_ALL_F32") else []))
 
 
 def parse_quants(text: str) -> tuple[str, ...]:
