@@ -249,3 +249,107 @@ def test_export_accepts_f32_and_every_type_it_documents(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown type" not in err and "adapter_config.json" in err
     _no_traceback(err)
+
+
+# ---- 7, 9. chat and generate: bad GGUFs, templates, read-only outputs, a message too long ------
+
+@pytest.fixture(scope="module")
+def gguf():
+    pytest.importorskip("llama_cpp")
+    from localpeer.deps import embedded_smollm2_gguf
+
+    return embedded_smollm2_gguf()
+
+
+def _with_template(gguf, tmp_path, template, name):
+    import subprocess
+    import sys
+
+    out = tmp_path / name
+    subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", str(gguf), str(out),
+                    "--chat-template", template, "--force"], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("cut", ["half", "header"])
+def test_a_truncated_gguf_is_a_clear_error_in_chat_and_generate(gguf, tmp_path, capsys, cut):
+    data = gguf.read_bytes()
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(data[:len(data) // 2] if cut == "half" else data[:64])
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "hi"}\n')
+    for argv in (["chat", str(bad), "-p", "hi", "--no-save"],
+                 ["generate", str(bad), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+                  "--quiet"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "model.gguf" in err and "cannot load this GGUF" in err
+        _no_traceback(err)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_template_with_a_jinja_syntax_error_exits_2(gguf, tmp_path, capsys):
+    bad = _with_template(gguf, tmp_path, "{% for m in messages %}{{ m.content }", "bad.gguf")
+    assert main(["chat", str(bad), "-p", "hi", "--no-save"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.gguf" in err and "not valid Jinja" in err
+    _no_traceback(err)
+
+
+def test_a_template_that_would_hang_is_stopped_and_refused(gguf, tmp_path, capsys):
+    import time
+
+    slow = _with_template(gguf, tmp_path, "{% for i in range(100000) %}{% for j in "
+                          "range(100000) %}{% endfor %}{% endfor %}", "slow.gguf")
+    start = time.monotonic()
+    assert main(["chat", str(slow), "-p", "hi", "--no-save"]) == 2
+    assert time.monotonic() - start < 60  # refused, not hung
+    err = capsys.readouterr().err
+    assert "slow.gguf" in err and "stopped and refused" in err
+    _no_traceback(err)
+
+
+def test_transcripts_where_nothing_can_be_written_fail_before_the_reply(gguf, tmp_path,
+                                                                        capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way\n")
+    assert main(["chat", str(gguf), "-p", "hi", "--transcripts", str(blocker)]) == 1
+    captured = capsys.readouterr()
+    assert "a-file" in captured.err and "EEXIST" in captured.err and captured.out == ""
+    _no_traceback(captured.err)
+    assert blocker.read_text() == "in the way\n"
+
+
+def test_a_message_longer_than_the_context_exits_2(gguf, capsys):
+    assert main(["chat", str(gguf), "-p", "word " * 400, "--ctx", "128", "--no-save"]) == 2
+    captured = capsys.readouterr()
+    assert "does not fit the context" in captured.err and "--ctx" in captured.err
+    assert captured.out == ""
+    _no_traceback(captured.err)
+
+
+def test_repl_save_and_load_failures_keep_the_session(gguf, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from localpeer.chat.repl import Chat
+    from localpeer.chat.session import Sampler, load_engine
+    from localpeer.chat.transcript import ChatLog
+
+    engine = load_engine(gguf, ctx=256, sampler=Sampler(max_tokens=4), threads=1)
+    out = io.StringIO()
+    chat = Chat(engine, ChatLog(None, "smol", {}), Console(file=out, width=200))
+    chat.messages.append({"role": "user", "content": "hi"})
+    chat.reply()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert chat.command(f"/save {blocker / 'copy.jsonl'}")  # the session goes on
+    malformed = tmp_path / "m.jsonl"
+    malformed.write_text('{"id": "x", "model": "m", "item": "i", "messages": '
+                         '[{"role": "user", "content": 5}]}\n')
+    assert chat.command(f"/load {malformed}")
+    assert chat.command(f"/load {tmp_path}")  # a folder
+    text = out.getvalue()
+    assert "cannot save" in text and "message 1 of the last conversation" in text
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"]  # kept as it was

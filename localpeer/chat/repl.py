@@ -58,6 +58,10 @@ class Chat:
         try:
             prompt, dropped, room = self.engine.fit(self.messages, self.engine.sampler.max_tokens)
         except ContextFull as e:
+            if self.plain:  # -p: the one message does not fit; say so and exit 2
+                raise InputError(f"the message does not fit the context ({e}); shorten it or "
+                                 f"raise --ctx (this model was trained on "
+                                 f"{self.engine.n_ctx_train} tokens)") from None
             self.console.print(f"[red]this turn does not fit:[/] {e}")
             self.messages.pop()
             return
@@ -123,8 +127,12 @@ class Chat:
                 c.print("nothing to undo")
         elif name == "/save":
             if arg:
-                path = self.log.save_copy(self.messages, Path(arg))
-                c.print(f"saved to {path}")
+                try:
+                    path = self.log.save_copy(self.messages, Path(arg))
+                except OSError as e:  # the session goes on; nothing was written
+                    c.print(f"[red]cannot save to {arg}: {e.strerror or e}[/]")
+                else:
+                    c.print(f"saved to {path}")
             else:
                 where = self.log.path or "nowhere (--no-save)"
                 c.print(f"every turn is saved as it completes, to {where}")
@@ -136,6 +144,8 @@ class Chat:
                     self.messages = load_conversation(Path(arg))
                 except InputError as e:
                     c.print(f"[red]{e}[/]")
+                except OSError as e:
+                    c.print(f"[red]cannot read {arg}: {e.strerror or e}[/]")
                 else:
                     self.log.new_conversation()
                     c.print(f"loaded {len(self.messages)} messages from {arg}")

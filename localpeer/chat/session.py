@@ -205,8 +205,7 @@ def load_engine(path: Path, ctx: int = 0, sampler: Sampler | None = None,
     llama_cpp = require("llama_cpp", "gguf")
     path = check_gguf(path)
     with _quiet_stderr():  # llama.cpp prints a context warning for the vocab-only probe
-        probe = llama_cpp.Llama(model_path=str(path), n_ctx=64, vocab_only=True,
-                                verbose=False)
+        probe = _open_llama(llama_cpp, path, n_ctx=64, vocab_only=True)
     n_train = int(probe._model.n_ctx_train()) or DEFAULT_CTX_CAP
     template = ChatTemplate.from_metadata(
         probe.metadata, path, bos=_piece(probe, probe.token_bos()),
@@ -219,9 +218,24 @@ def load_engine(path: Path, ctx: int = 0, sampler: Sampler | None = None,
     if n_ctx > n_train:
         log.warning("--ctx %d is more than the %d tokens %s was trained on; replies past that "
                     "may degrade", n_ctx, n_train, path.name)
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_ctx, 512),
-                          n_threads=threads, verbose=False)
+    llm = _open_llama(llama_cpp, path, n_ctx=n_ctx, n_batch=min(n_ctx, 512), n_threads=threads)
     return Engine(llm, template, sampler or Sampler(), path, n_ctx, n_train, add_bos)
+
+
+def _open_llama(llama_cpp, path: Path, **kw):
+    """llama_cpp.Llama, with its failures on a bad file turned into input errors: a truncated
+    or header-only GGUF (llama.cpp cannot load it) and a chat template that is not valid Jinja
+    (llama-cpp-python compiles it while loading, before localpeer's sandboxed check)."""
+    from jinja2 import TemplateError
+
+    try:
+        return llama_cpp.Llama(model_path=str(path), verbose=False, **kw)
+    except TemplateError as e:
+        raise InputError(f"the chat template in this GGUF is not valid Jinja ({type(e).__name__}"
+                         f": {e}); fix tokenizer.chat_template in the GGUF", path) from None
+    except ValueError as e:
+        raise InputError(f"llama.cpp cannot load this GGUF ({e}): a truncated download or a "
+                         "header-only file? copy or export it again", path) from None
 
 
 @contextmanager

@@ -42,6 +42,8 @@ class ChatLog:
         self.folder, self.model, self.meta = folder, model, meta
         self.id = new_id()
         self.path = (Path(folder) / f"{self.id}.jsonl") if folder is not None else None
+        if folder is not None:
+            writable_or_raise(Path(folder))
 
     def new_conversation(self) -> None:
         self.id = new_id()
@@ -64,6 +66,17 @@ class ChatLog:
         return path
 
 
+def writable_or_raise(folder: Path) -> None:
+    """Before a chat starts: the transcripts folder must be writable (made if need be, a
+    throwaway file created and removed in it), or every reply would be lost at its save.
+    Raises OSError naming the folder."""
+    import tempfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+
+
 def load_conversation(path: Path) -> list[dict]:
     """The messages of the last conversation in a transcript file (for /load)."""
     from localpeer.errors import InputError
@@ -74,4 +87,10 @@ def load_conversation(path: Path) -> list[dict]:
     transcripts = read_transcripts(path)
     if not transcripts:
         raise InputError("the file holds no conversation", path)
-    return [dict(m) for m in transcripts[-1].messages]
+    messages = [dict(m) for m in transcripts[-1].messages]
+    for k, m in enumerate(messages):
+        if m.get("role") not in ("system", "user", "assistant") or not isinstance(
+                m.get("content"), str):
+            raise InputError(f"message {k + 1} of the last conversation is not "
+                             '{"role": "system"|"user"|"assistant", "content": "<text>"}', path)
+    return messages
