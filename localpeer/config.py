@@ -96,6 +96,15 @@ CHOICES = {"quantize": ("none", "nf4"), "backend": ("auto", "peft", "unsloth"),
            "dtype": ("auto", "float32", "bfloat16", "float16"), "dpo.loss": ("sigmoid", "ipo"),
            "train.optimizer": ("auto", "adamw", "adamw_8bit", "paged_adamw_8bit"),
            "lagrangian.form": ("leader", "pairwise"), "train.objective": ("dpo", "sft")}
+# the smallest value a numeric key may take (a count of 0 steps or pairs would divide by zero
+# or train nothing); keys not listed are unbounded
+MINIMUM = {"train.steps": 1, "train.batch_size": 1, "train.grad_accum": 1,
+           "train.max_length": 2, "train.max_prompt_length": 1, "train.micro_batch_tokens": 0,
+           "train.warmup_steps": 0, "train.eval_every": 0, "train.eval_pairs": 0,
+           "train.checkpoint_every": 0, "train.lr": 0.0, "lora.rank": 1, "lora.alpha": 1,
+           "lora.dropout": 0.0, "lora.last_layers": 0, "dpo.beta": 0.0,
+           "lagrangian.dual_lr": 0.0, "lagrangian.lambda_max": 0.0, "lagrangian.tolerance": 0.0}
+POSITIVE = {"train.lr", "dpo.beta"}  # must be strictly above their minimum
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -162,11 +171,21 @@ def _build(cls, values: dict, prefix: str, where: str):
             kwargs[key] = _build(typ, value, f"{prefix}{key}.", where)
         else:
             kwargs[key] = _coerce(value, typ, prefix + key, where)
+            _check_bound(prefix + key, kwargs[key], where)
             choices = CHOICES.get(prefix + key)
             if choices and kwargs[key] not in choices:
                 raise InputError(f"{prefix}{key}={kwargs[key]!r}; choose one of "
                                  f"{', '.join(choices)}", where)
     return cls(**kwargs)
+
+
+def _check_bound(key: str, value, where: str) -> None:
+    low = MINIMUM.get(key)
+    if low is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    if value < low or (key in POSITIVE and value <= low):
+        bound = f"> {low}" if key in POSITIVE else f">= {low}"
+        raise InputError(f"{key}={value!r} must be {bound}", where)
 
 
 def _set(tree: dict, dotted: str, value) -> None:

@@ -34,6 +34,9 @@ _SCALE_PATTERN = re.compile(r"\s*(-?\d+)\s*(?:\.\.|-)\s*(-?\d+)\s*")
 _RATINGS_HELP = "columns model,item,judge,dimension,score (transcript_id, rationale optional)"
 
 
+MAX_CATEGORIES = 101  # localpeer defines: 0-100 is the widest scale it fits
+
+
 @dataclass(frozen=True)
 class Scale:
     """The rating scale: integer scores from `min` to `max`, both included."""
@@ -45,6 +48,11 @@ class Scale:
         if self.min >= self.max:
             raise InputError(f"scale {self.min}-{self.max}: --scale takes MIN-MAX with "
                              "MIN < MAX, e.g. 1-5")
+        if self.n_categories > MAX_CATEGORIES:
+            raise InputError(f"scale {self.min}-{self.max} has {self.n_categories:,} categories; "
+                             f"the rating scale model estimates a threshold between every two, "
+                             f"which no ratings file supports beyond {MAX_CATEGORIES} (e.g. "
+                             "0-100): pass the scale the judges used")
 
     @property
     def n_categories(self) -> int:

@@ -353,3 +353,44 @@ def test_repl_save_and_load_failures_keep_the_session(gguf, tmp_path):
     text = out.getvalue()
     assert "cannot save" in text and "message 1 of the last conversation" in text
     assert [m["role"] for m in chat.messages] == ["user", "assistant"]  # kept as it was
+
+
+# ---- 7, 9. bounds and malformed inputs of train, score and report -----------------------------
+
+@pytest.mark.parametrize("override,key", [("train.batch_size=0", "train.batch_size=0"),
+                                          ("train.steps=-1", "train.steps=-1"),
+                                          ("train.lr=0", "train.lr=0")])
+def test_recipe_values_out_of_range_exit_2(tmp_path, capsys, override, key):
+    assert main(["train", "recipes/smollm2-135m-cpu.yaml", override, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "must be" in err
+    _no_traceback(err)
+
+
+def test_a_scale_wider_than_any_data_supports_is_refused(tmp_path, capsys):
+    folder = tmp_path / "t" / "ratings"
+    folder.mkdir(parents=True)
+    (folder / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rating_rows()))
+    assert main(["score", str(tmp_path / "t"), "--scale", "1-100000000"]) == 2
+    err = capsys.readouterr().err
+    assert "100,000,000 categories" in err and "0-100" in err
+    _no_traceback(err)
+
+
+def test_report_on_an_empty_folder_or_malformed_json_exits_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to report here" in err
+    _no_traceback(err)
+    (tmp_path / "score.json").write_text('{"dimensions": ')
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "score.json:1" in err and "not valid JSON" in err
+    _no_traceback(err)
+    (tmp_path / "score.json").unlink()
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "m-refusal.json").write_text("{oops")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "m-refusal.json:1" in err
+    _no_traceback(err)

@@ -57,6 +57,10 @@ def run_report(args) -> int:
                            None if is_run else "calibration.json"))
     if is_run:
         inp.notes = [n for n in inp.notes if not n.startswith("no score JSON (None)")]
+    if not (inp.score or inp.probes or inp.metrics or inp.export):
+        raise InputError("nothing to report here: no score JSON, probe results, training run "
+                         "or export (a folder from `just demo`, a run folder, or report.json "
+                         "naming the parts; or pass --score/--probes/--run/--export)", folder)
     Console(width=args.width).print(render(inp))
     if args.html:  # the same Report drawn as a standalone page (tables, inline SVG plots)
         atomic_write_text(Path(args.html), render_html(build(inp)))
