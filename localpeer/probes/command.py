@@ -2,7 +2,10 @@
 
     localpeer probe models/gguf/peer/peer-Q8_0.gguf --suite sycophancy --out runs/probes
     localpeer probe MODEL.gguf --suite refusal --judge models/gguf/judge.gguf
-    localpeer probe models/hf/smollm2-135m-instruct --suite select
+    localpeer probe models/hf/smollm2-135m-instruct --suite select --limit 40 --seed 1
+
+--limit N draws N items (N per half for refusal) stratified by domain, category or dimension
+with the fixed --seed (`suites.stratified_sample`), not the first N lines.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def run_probe(args) -> int:
     model = Path(args.model)
     if not model.exists():
         raise InputError("no such model; pass a .gguf file or an HF model folder", model)
+    if args.limit < 0:
+        raise InputError(f"--limit {args.limit}: pass a number of items (0 = all)")
     name = args.name or (model.stem if model.is_file() else model.name)
     out = Path(args.out)
     with item_progress(console, args.quiet) as progress:
@@ -49,10 +54,11 @@ def run_probe(args) -> int:
 def _select(args, model: Path, progress) -> dict:
     from localpeer.data.personaknob import read_records, record_pairs
     from localpeer.probes.select import selection_accuracy
+    from localpeer.probes.suites import stratified_sample
 
     pairs = [p for r in read_records(Path(args.pairs)) for p in record_pairs(r)]
     if args.limit:
-        pairs = pairs[: args.limit]
+        pairs = stratified_sample(pairs, lambda p: p.dim, args.limit, args.seed)
     if not pairs:
         raise InputError("no pairs in the file", args.pairs)
     task = progress.add_task("selection accuracy", total=len(pairs), note="")
@@ -72,14 +78,17 @@ def _chat_suite(args, model: Path, name: str, out: Path, progress) -> dict:
                          sampler=Sampler(temperature=args.temperature,
                                          max_tokens=args.max_tokens, seed=args.seed))
     if args.suite == "sycophancy":
-        items = suites.load_sycophancy()[: args.limit or None]
+        items = suites.load_sycophancy()
+        if args.limit:
+            items = suites.stratified_sample(items, lambda i: i.domain, args.limit, args.seed)
         task = progress.add_task(f"sycophancy {name}", total=len(items), note="")
         return run.run_sycophancy(engine, items, out / f"{name}-sycophancy.jsonl", name,
                                   on_item=lambda: progress.advance(task))
     items = suites.load_refusal()
-    if args.limit:  # the first N of each half
-        items = ([i for i in items if not i.harmful][: args.limit]
-                 + [i for i in items if i.harmful][: args.limit])
+    if args.limit:  # N of each half
+        halves = ([i for i in items if not i.harmful], [i for i in items if i.harmful])
+        items = [i for half in halves for i in
+                 suites.stratified_sample(half, lambda i: i.category, args.limit, args.seed)]
     judge = make_judge(args.judge, threads=args.threads) if args.judge else None
     task = progress.add_task(f"refusal {name}", total=len(items), note="")
     metrics = run.run_refusal(engine, items, out / f"{name}-refusal.jsonl", name, judge,

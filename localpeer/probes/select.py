@@ -16,15 +16,28 @@ import numpy as np
 
 from localpeer.data.personaknob import Pair
 from localpeer.dimensions import in_order
+from localpeer.probes.suites import rate_json
 
 
-def _summarise(rows: list[tuple[str, bool]]) -> dict:
-    dims = in_order({d for d, _ in rows})
-    per = {d: {"pairs": sum(1 for x, _ in rows if x == d),
-               "selection_accuracy": float(np.mean([ok for x, ok in rows if x == d]))}
-           for d in dims}
+def _summarise(pairs: list[Pair], oks: list[bool]) -> dict:
+    """Selection accuracy per dimension (with its Wilson interval under "rates"), the mean over
+    dimensions, and each pair's outcome keyed "<record id>/<dim>" ("#2", "#3" on repeats: a
+    graded record gives several pairs on one dimension)."""
+    hits = {d: [bool(ok) for p, ok in zip(pairs, oks) if p.dim == d]
+            for d in in_order({p.dim for p in pairs})}
+    per = {d: {"pairs": len(h), "selection_accuracy": float(np.mean(h))} for d, h in hits.items()}
     mean = float(np.mean([v["selection_accuracy"] for v in per.values()])) if per else None
-    return {"pairs": len(rows), "dims": per, "mean_selection_accuracy": mean}
+    rates = {f"selection_accuracy/{d}": rate_json(sum(h), len(h)) for d, h in hits.items()}
+    outcomes: dict[str, dict] = {}
+    for p, ok in zip(pairs, oks):
+        key = base = f"{p.record_id}/{p.dim}"
+        repeat = 1
+        while key in outcomes:
+            repeat += 1
+            key = f"{base}#{repeat}"
+        outcomes[key] = {"dim": p.dim, "ok": bool(ok)}
+    return {"pairs": len(pairs), "dims": per, "mean_selection_accuracy": mean, "rates": rates,
+            "outcomes": outcomes}
 
 
 def gguf_selection(path: Path, pairs: list[Pair], ctx: int = 2048, threads: int | None = None,
@@ -61,17 +74,17 @@ def gguf_selection(path: Path, pairs: list[Pair], ctx: int = 2048, threads: int 
         cache[(prompt, response)] = (float(lp.sum()), len(targets))
         return cache[(prompt, response)]
 
-    rows = []
+    oks = []
     try:
         for p in pairs:
             lc, nc = mean_logp(p.prompt, p.chosen)
             lr, nr = mean_logp(p.prompt, p.rejected)
-            rows.append((p.dim, lc / max(nc, 1) > lr / max(nr, 1)))
+            oks.append(lc / max(nc, 1) > lr / max(nr, 1))
             if on_pair is not None:
                 on_pair()
     finally:
         llm.close()
-    return _summarise(rows)
+    return _summarise(pairs, oks)
 
 
 def hf_selection(folder: Path, pairs: list[Pair], max_length: int = 2048,
@@ -87,16 +100,16 @@ def hf_selection(folder: Path, pairs: list[Pair], max_length: int = 2048,
     dims = in_order({p.dim for p in pairs})
     tokenized, _ = tokenize_pairs(tok, pairs, dims, max_length, max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows = []
+    oks = []
     with torch.no_grad():
         for start in range(0, len(tokenized), 4):
             chunk = tokenized[start:start + 4]
             pc, pr = sequence_logps(model, collate(chunk, pad, share_prompt=True))
             for t, a, b in zip(chunk, pc.tolist(), pr.tolist()):
-                rows.append((dims[t.dim], a / len(t.chosen) > b / len(t.rejected)))
+                oks.append(a / len(t.chosen) > b / len(t.rejected))
                 if on_pair is not None:
                     on_pair()
-    return _summarise(rows)
+    return _summarise(pairs, oks)
 
 
 def selection_accuracy(model: Path, pairs: list[Pair], **kw) -> dict:
