@@ -394,3 +394,52 @@ def test_report_on_an_empty_folder_or_malformed_json_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "m-refusal.json:1" in err
     _no_traceback(err)
+
+
+# ---- 6. offline means offline ---------------------------------------------------------------
+
+NO_NETWORK = """
+import os, socket, sys
+
+def refuse(*args, **kwargs):
+    with open(os.environ["CONNECT_LOG"], "a") as f:
+        f.write(repr(args[1:] or args) + "\\n")
+    raise OSError(101, "Network is unreachable (cut by the test)")
+
+socket.socket.connect = refuse
+socket.socket.connect_ex = refuse
+socket.getaddrinfo = refuse
+from localpeer.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_train_and_export_try_no_network_with_hf_hub_offline_unset(tiny_model, tmp_path):
+    """Every socket connect and DNS lookup fails and is logged; HF_HUB_OFFLINE and friends are
+    unset, as on a user's machine: train and export must not even try."""
+    import os
+    import subprocess
+    import sys
+
+    from test_export import ROOT, converter, make_run
+
+    try:
+        converter.find_converter()
+    except Exception as e:  # noqa: BLE001 (the converter is fetched by `just setup`)
+        pytest.skip(str(e))
+    log = tmp_path / "connects.log"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(CONNECT_LOG=str(log), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+    def run(*argv):
+        r = subprocess.run([sys.executable, "-c", NO_NETWORK, *argv], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stderr[-2000:]
+
+    run("train", str(_train_recipe(tiny_model, tmp_path)))
+    assert main(["pull", "smollm2-135m-instruct", "--quiet"]) == 0  # offline for this card
+    exported = make_run(tmp_path / "smol-run")
+    run("export", str(exported), "--quant", "Q8_0", "--out", str(tmp_path / "gguf"), "--quiet")
+    assert not log.exists(), log.read_text()
