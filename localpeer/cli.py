@@ -79,6 +79,10 @@ def _add_score(sub) -> None:
                    help="score only this dimension; may be repeated (default: all)")
     p.add_argument("--json", type=Path, metavar="FILE", help="write every estimate as JSON")
     p.add_argument("--csv", type=Path, metavar="FILE", help="write one row per element as CSV")
+    p.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="a `localpeer judge calibrate` calibration.json, shown beside each "
+                   "judge (default: PATH/calibration.json or PATH/ratings/calibration.json "
+                   "when there)")
     p.add_argument("--quad-points", type=int, default=7, metavar="Q",
                    help="adaptive Gauss-Hermite nodes per prompt for mml (default 7)")
     p.add_argument("--selftest", action="store_true",
@@ -205,6 +209,7 @@ examples:
   localpeer train recipes/gpu-12gb.yaml --dry-run               resolved recipe + VRAM estimate
   localpeer train recipes/gpu-12gb.yaml lagrangian.dual_lr=0    plain multi-objective DPO
   localpeer train recipes/smollm2-135m-cpu.yaml --resume        continue from the last checkpoint
+  localpeer train recipes/smollm2-135m-cpu.yaml --restart       move the old run aside, start over
   torchrun --nproc-per-node 2 -m localpeer train recipes/gpu-24gb.yaml   several GPUs (DDP)
 
 writes runs/<name>/: recipe.yaml, metrics.jsonl (one line per step: per-dimension loss,
@@ -221,7 +226,11 @@ def _add_train(sub) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="recipe overrides, e.g. train.steps=20 lora.rank=8")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in out_dir from its last checkpoint")
+                   help="continue the run in out_dir from its last checkpoint (from step 0 "
+                   "when it stopped before the first); only train.steps, train.eval_every "
+                   "and train.checkpoint_every may differ from the run's recipe")
+    p.add_argument("--restart", action="store_true",
+                   help="move the run in out_dir aside (to <out_dir>.old-<time>) and start over")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved recipe and a VRAM estimate; refuse if it won't fit")
     p.set_defaults(run=_lazy("localpeer.train.command", "run_train"))
@@ -342,45 +351,127 @@ def _add_generate(sub) -> None:
 JUDGE_EPILOG = f"""\
 Grade every transcript under DIR on {describe()},
 with rubrics that describe every score level. Local GGUF judges answer through a JSON-schema
-grammar ({{"rationale": str, "score": int}}); OpenAI-compatible servers
-(llama-server, vLLM, Ollama) get the same schema as response_format. The transcript is
-delimited and the judge told to ignore instructions inside it. Output that does not parse is
-retried (--tries), then recorded in DIR/ratings/<judge>.missing, never guessed. Ratings are
-appended to DIR/ratings/<judge>:<rubric>.jsonl; a rerun skips what is there.
+grammar ({{"rationale": str, "score": int}}, rationale first); OpenAI-compatible servers
+(llama-server, vLLM, Ollama) get the same schema, in the same order, as response_format. The
+transcript is delimited and the judge told to ignore instructions inside it. Output that does
+not parse is retried (--tries), then recorded in DIR/ratings/<judge>.missing, never guessed.
+Ratings are appended to DIR/ratings/<judge>:<rubric>.jsonl; a rerun skips what is there.
+
+A transcript that answers a PersonaKnob record (generated from a records file, or its item
+found in --data RECORDS.jsonl) is graded only on the record's masked dimensions, and the judge
+sees the record's scenario (seed_scene, context) as background. At the end, a judge that gave
+one grade to every transcript of a dimension is reported as degenerate.
 
 --rubric standard,contrast makes each judge two judges: the same model with two phrasings of
 the rubric, labelled <judge>:standard and <judge>:contrast.
+
+check a judge before believing it: `localpeer judge calibrate` grades held-out goldens
+against their rejects (localpeer judge calibrate --help).
 
 examples:
   localpeer judge transcripts/ --judge models/gguf/judge/judge-Q8_0.gguf
   localpeer judge transcripts/ --judge qwen=http://localhost:8080/v1#qwen2.5-7b --judge local=J.gguf
   localpeer judge transcripts/ --judge J.gguf --rubric standard,contrast --dims A,T
-then: localpeer score transcripts/
+  localpeer judge transcripts/ --judge J.gguf --data data/personaknob-starter/test.jsonl
+  localpeer judge calibrate --judge J.gguf --data data/personaknob-starter/test.jsonl
+then: localpeer score transcripts/ --calibration runs/calibration/calibration.json
+"""
+
+CALIBRATE_EPILOG = """\
+what is measured (METHOD.md §4: judges are checked before they are believed):
+  for each held-out PersonaKnob record and each active dimension k, the judge grades the
+  golden and reject_k on k, each as the conversation [user: prompt, assistant: response] with
+  the record's scenario as background, exactly as `localpeer judge` grades (same prompt,
+  schema, retries). Per judge label (<judge>:<rubric>, as in the ratings) and dimension:
+    accuracy = share of pairs with the golden graded above reject_k (a tie counts half),
+  with a Wilson 95% interval and n (pairs where both grades parsed; grades that never
+  parsed are counted as missing, not guessed).
+
+flags (localpeer defines them):
+  degenerate  the judge gave one grade to everything it graded on the dimension
+              (then it is also at chance)
+  chance      the 95% interval contains 50%: on that dimension the judge cannot be told
+              from a coin, and θ on it is not interpretable from this judge
+  reversed    the interval lies below 50%: the judge prefers the rejects
+
+writes OUT/calibration-grades.jsonl (every grade, fsynced; a rerun skips what is there) and
+OUT/calibration.json (per judge and dimension: accuracy, low, high, n, flag, at_chance,
+degenerate, reversed, missing, golden_mean, reject_mean). OUT must be a folder of its own,
+not a transcripts folder. `localpeer score DIR --calibration OUT/calibration.json` shows the
+calibration beside each judge's severity and names the dimensions a judge cannot vouch for.
+--limit N draws N records spread over the dimensions and masks (with --seed), not the first N.
+
+examples:
+  localpeer judge calibrate --judge J.gguf --data data/personaknob-starter/test.jsonl
+  localpeer judge calibrate --judge smol=SMOL.gguf --rubric standard,contrast \\
+      --data data/personaknob-starter/test.jsonl --limit 16 --temperature 1.0 --out runs/cal
+  localpeer judge calibrate --judge qwen=http://localhost:8080/v1#qwen2.5-7b \\
+      --data data/personaknob/test.jsonl --json
 """
 
 
-def _add_judge(sub) -> None:
-    p = sub.add_parser("judge", help="rate transcripts on A, T, E, C with local or HTTP judges",
-                       description="Rate transcripts with LLM judges.", epilog=JUDGE_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dir", type=Path, metavar="DIR", help="a transcripts folder")
+def _judge_backend_flags(p) -> None:
     p.add_argument("--judge", action="append", required=True, metavar="[NAME=]MODEL.gguf|URL#MODEL",
                    help="a judge; repeat for several")
     p.add_argument("--rubric", default="standard", help="standard, contrast or both "
                    "(comma-separated; default standard)")
-    p.add_argument("--dims", default=",".join(DIMS), help=f"dimensions (default {','.join(DIMS)})")
     p.add_argument("--scale", default="1-5", help="score scale (default 1-5)")
     p.add_argument("--tries", type=int, default=3, help="tries per grade before 'missing'")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="judge sampling temperature (default 0: greedy); the score is sampled "
                    "from the grammar-constrained distribution")
-    p.add_argument("--limit", type=int, default=0, help="only the first N transcripts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ctx", type=int, default=4096, help="local judges' context (default 4096)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true")
+
+
+def _add_judge(sub) -> None:
+    p = sub.add_parser("judge", help="rate transcripts on A, T, E, C with local or HTTP judges; "
+                       "`judge calibrate` checks a judge first",
+                       usage="localpeer judge DIR --judge J [options]\n"
+                             "       localpeer judge calibrate --judge J --data RECORDS.jsonl "
+                             "[options]",
+                       description="Rate transcripts with LLM judges.", epilog=JUDGE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dir", type=Path, metavar="DIR", help="a transcripts folder (the word "
+                   "calibrate here starts `localpeer judge calibrate`; write ./calibrate for a "
+                   "folder of that name)")
+    _judge_backend_flags(p)
+    p.add_argument("--dims", default=",".join(DIMS), help=f"dimensions (default {','.join(DIMS)})")
+    p.add_argument("--data", type=Path, metavar="RECORDS.jsonl",
+                   help="PersonaKnob records: a transcript whose item is a record's id is graded "
+                   "on its masked dimensions only, with its scenario shown to the judge")
+    p.add_argument("--limit", type=int, default=0, help="only the first N transcripts")
     p.set_defaults(run=_lazy("localpeer.judge.command", "run_judge"))
+    # Reached as `localpeer judge calibrate` through _subcommand_argv; no help=, so the
+    # top-level command list does not show it twice.
+    c = sub.add_parser("judge-calibrate", prog="localpeer judge calibrate",
+                       description="Check judges on held-out PersonaKnob pairs: how often does "
+                       "each grade the golden above its reject?", epilog=CALIBRATE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _judge_backend_flags(c)
+    c.add_argument("--data", type=Path, required=True, metavar="RECORDS.jsonl",
+                   help="held-out PersonaKnob records, e.g. data/personaknob-starter/test.jsonl")
+    c.add_argument("--limit", type=int, default=0, metavar="N",
+                   help="N records drawn stratified by dimension and mask (default: all)")
+    c.add_argument("--out", type=Path, default=Path("runs/calibration"), metavar="DIR",
+                   help="where calibration-grades.jsonl and calibration.json go "
+                   "(default runs/calibration)")
+    c.set_defaults(run=_lazy("localpeer.judge.command", "run_calibrate"),
+                   command="judge calibrate")
+
+
+def _subcommand_argv(argv: list[str]) -> list[str]:
+    """`judge calibrate ...` -> the `judge-calibrate` parser: `judge` takes its DIR as a
+    positional, so argparse cannot also give it a `calibrate` subcommand."""
+    for k, word in enumerate(argv):
+        if not word.startswith("-"):  # the command (only flags without values come before it)
+            if word == "judge" and argv[k + 1:k + 2] == ["calibrate"]:
+                return argv[:k] + ["judge-calibrate"] + argv[k + 2:]
+            break
+    return argv
 
 
 PROBE_EPILOG = """\
@@ -505,14 +596,32 @@ def entry(argv: list[str] | None = None) -> int:
     return rc
 
 
+NETWORK_COMMANDS = ("pull",)  # with the converter's --fetch, all that may use the network
+OFFLINE_SWITCHES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+                    "HF_HUB_DISABLE_TELEMETRY")
+
+
+def go_offline() -> None:
+    """Offline first: every command but pull sets the Hugging Face libraries' offline switches
+    before they are imported, so nothing (transformers, peft, or bitsandbytes fetching a
+    kernel through the hub) tries the network. An HTTP judge or server is reached with
+    urllib, which these switches do not touch."""
+    import os
+
+    for name in OFFLINE_SWITCHES:
+        os.environ[name] = "1"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_subcommand_argv(list(sys.argv[1:] if argv is None else argv)))
     if args.command is None:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.command not in NETWORK_COMMANDS:
+        go_offline()
     try:
         return args.run(args)
     except (InputError, WorkFailed) as err:
@@ -523,3 +632,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"localpeer {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the machine failed: disk full, read-only or missing path, ...
+        if args.debug:
+            raise
+        print(f"localpeer {args.command}: error: {os_error_message(err)}", file=sys.stderr)
+        return 1
+
+
+OS_HINTS = {"ENOSPC": "free some space or choose another output folder",
+            "EROFS": "the file system is read-only: choose another output folder",
+            "EACCES": "no permission: choose a folder you can write to",
+            "EPERM": "not permitted: choose a folder you can write to",
+            "EDQUOT": "the disk quota is used up",
+            "EEXIST": "a file of that name is in the way of a folder",
+            "ENOTDIR": "a part of the path is a file, not a folder"}
+
+
+def os_error_message(err: OSError) -> str:
+    """'PATH: No space left on device (ENOSPC); free some space ...' from any OSError."""
+    import errno
+
+    name = errno.errorcode.get(err.errno or 0, "")
+    where = err.filename if err.filename is not None else ""
+    what = err.strerror or str(err)
+    text = (f"{where}: " if where else "") + what + (f" ({name})" if name else "")
+    hint = OS_HINTS.get(name)
+    return text + (f"; {hint}" if hint else "")

@@ -7,11 +7,19 @@
 Stages, each a `localpeer` command with its own progress display: pull; train the CPU recipe;
 export (F16, Q8_0 and Q4_1: the base GGUF is Q4_1, so the trained Q4_1 file is compared like
 for like); generate replies to the PersonaKnob test prompts with the base and the trained
-model; judge them with two judges; score; probe (sycophancy, refusal, selection); report.
+model; judge them with two judges (each transcript on its record's masked dimensions, with
+the record's scenario shown to the judge); calibrate those judges on held-out golden/reject
+pairs; score (with the calibration beside every judge); probe (sycophancy, refusal,
+selection); report.
 
 The two judges are the same 135M model with the two rubric phrasings, sampling its grade at
-temperature 1 from the grammar-constrained distribution: a model this small grades close to
-noise, so the demo shows the machinery working end to end, not a verdict on the trained model.
+temperature 1 from the grammar-constrained distribution. The calibration stage checks them
+the way METHOD.md §4 asks: on --calibrate-limit held-out records (drawn across the
+dimensions), does the judge grade the golden above reject_k? For a model this small the
+answer is expected to be "at chance" on most dimensions, and the demo says so: the
+calibration table, the verdicts and the score report's "not interpretable" lines are the
+point of the stage, and its θ are a demonstration of the machinery, not a verdict on the
+trained model.
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ from localpeer.formats import atomic_write_text
 
 TEST = Path("data/personaknob-starter/test.jsonl")
 RECIPE = Path("recipes/smollm2-135m-cpu.yaml")
+# Held-out records for the calibration stage. Measured on 2 cores (llama.cpp, 2 threads):
+# one grade of the 135M judge takes about 2.2 s (a ~770-token prompt, a ~60-token answer),
+# and 10 records (22 pairs, 88 grades with two rubrics) took 198 s; 16 records (35 pairs,
+# 140 grades) would take about 5 minutes.
+CALIBRATE_LIMIT = 10
 
 
 def stage(console, title: str, argv: list[str], done: bool = False) -> float:
@@ -56,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=24, help="test prompts to generate on")
     ap.add_argument("--probe-limit", type=int, default=24, help="items per probe suite (half)")
     ap.add_argument("--select-pairs", type=int, default=40, help="pairs for selection accuracy")
+    ap.add_argument("--calibrate-limit", type=int, default=CALIBRATE_LIMIT,
+                    help="held-out records to calibrate the judges on (default "
+                    f"{CALIBRATE_LIMIT})")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fresh", action="store_true", help="delete OUT first")
     args = ap.parse_args(argv)
@@ -71,47 +87,58 @@ def main(argv: list[str] | None = None) -> int:
     threads = str(args.threads)
     t0 = time.perf_counter()
     times = {}
-    times["pull"] = stage(console, "1/8 pull the embedded default (offline)",
+    times["pull"] = stage(console, "1/9 pull the embedded default (offline)",
                           ["pull", "smollm2-135m-instruct"])
-    times["train"] = stage(console, "2/8 train: LoRA + Lag-DPO, the CPU recipe (fp32 base; "
+    times["train"] = stage(console, "2/9 train: LoRA + Lag-DPO, the CPU recipe (fp32 base; "
                            "nf4 on GPUs)",
                            ["train", str(RECIPE), f"out_dir={run}"],
                            done=(run / "summary.json").is_file())
-    times["export"] = stage(console, "3/8 export to GGUF with the parity check",
+    times["export"] = stage(console, "3/9 export to GGUF with the parity check",
                             ["export", str(run), "--quant", "Q8_0,Q4_1", "--name",
                              "peer-smollm2-135m", "--out", str(export)],
                             done=(export / "export.json").is_file())
     gen = ["--prompts", str(TEST), "--out", str(out / "transcripts"), "--limit",
            str(args.prompts), "--max-tokens", "96", "--threads", threads, "--quiet"]
-    times["generate"] = stage(console, "4/8 generate: base and trained on the test prompts",
+    times["generate"] = stage(console, "4/9 generate: base and trained on the test prompts",
                               ["generate", str(base_gguf), "--name", base, *gen])
-    times["generate"] += stage(console, "4/8 generate (trained)",
+    times["generate"] += stage(console, "4/9 generate (trained)",
                                ["generate", str(trained_gguf), "--name", trained, *gen])
-    times["judge"] = stage(console, "5/8 judge: one 135M model, two rubric phrasings "
-                           "(= two judges), grades sampled at T=1",
-                           ["judge", str(out / "transcripts"), "--judge", f"smol={base_gguf}",
-                            "--rubric", "standard,contrast", "--temperature", "1.0",
-                            "--threads", threads])
-    times["score"] = stage(console, "6/8 score: many-facet Rasch (MML)",
-                           ["score", str(out / "transcripts"), "--json", str(out / "score.json")])
+    judge = ["--judge", f"smol={base_gguf}", "--rubric", "standard,contrast", "--temperature",
+             "1.0", "--threads", threads]
+    times["judge"] = stage(console, "5/9 judge: one 135M model, two rubric phrasings "
+                           "(= two judges), grades sampled at T=1, masked dimensions only",
+                           ["judge", str(out / "transcripts"), *judge])
+    # The same judges, with the same flags, on held-out golden/reject pairs (CALIBRATE_LIMIT).
+    calibration = out / "calibration"
+    times["calibrate"] = stage(console, "6/9 judge calibrate: do these judges grade the golden "
+                               "above the reject? (expect: at chance)",
+                               ["judge", "calibrate", *judge, "--data", str(TEST), "--limit",
+                                str(args.calibrate_limit), "--out", str(calibration)])
+    times["score"] = stage(console, "7/9 score: many-facet Rasch (MML), calibration beside "
+                           "each judge",
+                           ["score", str(out / "transcripts"), "--json", str(out / "score.json"),
+                            "--calibration", str(calibration / "calibration.json")])
     probes = out / "probes"
     common = ["--out", str(probes), "--threads", threads, "--quiet"]
     times["probe"] = 0.0
     for name, gguf in ((base, base_gguf), (trained, trained_gguf)):
         lim = ["--limit", str(args.probe_limit)]
-        times["probe"] += stage(console, f"7/8 probe {name}: sycophancy",
+        times["probe"] += stage(console, f"8/9 probe {name}: sycophancy",
                                 ["probe", str(gguf), "--suite", "sycophancy", "--name", name,
                                  *lim, *common])
-        times["probe"] += stage(console, f"7/8 probe {name}: refusal (judge: the 135M model)",
+        times["probe"] += stage(console, f"8/9 probe {name}: refusal (judge: the 135M model)",
                                 ["probe", str(gguf), "--suite", "refusal", "--name", name,
                                  "--judge", f"smol={base_gguf}", *lim, *common])
-        times["probe"] += stage(console, f"7/8 probe {name}: selection accuracy",
+        times["probe"] += stage(console, f"8/9 probe {name}: selection accuracy",
                                 ["probe", str(gguf), "--suite", "select", "--name", name,
                                  "--limit", str(args.select_pairs), *common])
+    # calibration: a separate folder, not transcripts/ (score would read its grades file as
+    # transcripts); `localpeer report` reads it through this key.
     manifest = {"base": base, "trained": trained, "score": "score.json", "probes": "probes",
-                "run": "train", "export": "gguf"}
+                "run": "train", "export": "gguf",
+                "calibration": "calibration/calibration.json"}
     atomic_write_text(out / "report.json", json.dumps(manifest, indent=1) + "\n")
-    times["report"] = stage(console, "8/8 report", ["report", str(out), "--html",
+    times["report"] = stage(console, "9/9 report", ["report", str(out), "--html",
                                                     str(out / "report.html")])
     total = time.perf_counter() - t0
     console.rule("[bold]done")

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,75 @@ def test_score_dimension_filter(rated, tmp_path):
     assert main(["score", str(rated), "--dimension", "E", "--json", str(out), "--quiet"]) == 0
     assert list(json.loads(out.read_text())["dimensions"]) == ["E"]
     assert np.isfinite(json.loads(out.read_text())["dimensions"]["E"]["loglik"])
+
+
+def write_calibration(path: Path) -> dict:
+    """judge-0 at chance on A, judge-1 preferring the rejects on E, judge-2 good on both;
+    judge-1 not calibrated on A."""
+    from localpeer.judge import calibrate as cal
+
+    chance = cal.dim_calibration([(4, 2)] * 24 + [(3, 3)] * 2 + [(2, 4)] * 21)
+    good = cal.dim_calibration([(5, 2)] * 40 + [(2, 3)] * 4)
+    reverse = cal.dim_calibration([(2, 4)] * 30 + [(4, 2)] * 5)
+    summary = {"judge-0": {"A": chance, "E": good}, "judge-1": {"E": reverse},
+               "judge-2": {"A": good, "E": good}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cal.summary_json(summary, Path("test.jsonl"), 47, (1, 5))))
+    return summary
+
+
+def test_score_shows_the_calibration_beside_judges_and_theta(rated, tmp_path, capsys):
+    summary = write_calibration(rated / "calibration.json")
+    out = tmp_path / "s.json"
+    assert main(["score", str(rated), "--json", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    chance = summary["judge-0"]["A"]
+    assert chance.flag == "chance" and chance.describe() == "53% [39%, 67%], n = 47"
+    assert ("θ on A is not interpretable from judge-0 (calibration 53% [39%, 67%], n = 47)"
+            in text)
+    assert ("θ on E is not interpretable from judge-1 (it prefers the rejects, calibration "
+            f"{summary['judge-1']['E'].describe()})" in text)
+    assert "θ on A is not interpretable from judge-2" not in text
+    assert "no calibration on A for judge-1" in text
+    assert "Judge calibration on A" in text  # beside the judges table, with the severity
+    assert re.search(r"judge-0 [+-]\d\.\d\d 53% \[39%, 67%\] 47 chance", text)
+    assert re.search(r"judge-1 [+-]\d\.\d\d 14% \[\d+%, \d+%\] 35 reversed", text)
+    doc = json.loads(out.read_text())
+    judges = doc["dimensions"]["A"]["judges"]
+    assert judges["judge-0"]["calibration"]["flag"] == "chance"
+    assert judges["judge-0"]["calibration"]["accuracy"] == pytest.approx(25 / 47, abs=1e-6)
+    assert judges["judge-1"]["calibration"] is None  # the file does not cover it on A
+    assert doc["dimensions"]["E"]["judges"]["judge-1"]["calibration"]["reversed"] is True
+    assert {"severity", "se", "infit", "outfit", "n"} <= set(judges["judge-0"])  # all kept
+    assert doc["calibration_file"] == str(rated / "calibration.json")
+
+
+def test_score_without_calibration_is_unchanged_and_a_named_file_must_exist(rated, tmp_path,
+                                                                           capsys):
+    out = tmp_path / "s.json"
+    assert main(["score", str(rated), "--json", str(out), "--quiet"]) == 0
+    doc = json.loads(out.read_text())
+    assert "calibration_file" not in doc
+    assert all("calibration" not in j for j in doc["dimensions"]["A"]["judges"].values())
+    assert main(["score", str(rated), "--calibration", str(tmp_path / "none.json")]) == 2
+    assert "no such calibration file" in capsys.readouterr().err
+    other = tmp_path / "cal" / "calibration.json"
+    write_calibration(other)
+    assert main(["score", str(rated), "--calibration", str(other), "--json", str(out),
+                 "--quiet"]) == 0
+    assert json.loads(out.read_text())["calibration_file"] == str(other)
+
+
+def test_score_flags_a_judge_that_gave_one_grade_to_everything(tmp_path, capsys):
+    sim = simulate(n_models=3, n_items=30, n_judges=3, seed=5)
+    scores = sim.scores.copy()
+    scores[sim.judges == "judge-2"] = 3
+    sim = type(sim)(sim.models, sim.items, sim.judges, scores, sim.truth, 1, 5)
+    write_ratings(tmp_path, sim, dims=("T",))
+    out = tmp_path / "s.json"
+    assert main(["score", str(tmp_path), "--json", str(out)]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    n = int((sim.judges == "judge-2").sum())
+    assert f"degenerate: judge-2 gave 3 to all {n} ratings on T" in text
+    warnings = json.loads(out.read_text())["dimensions"]["T"]["warnings"]
+    assert any(f"judge judge-2 gave 3 to all {n} ratings (degenerate)" in w for w in warnings)

@@ -8,6 +8,9 @@ or `prompt` (one user message), so PersonaKnob records work as they are. Each re
 appended to DIR/<model>.jsonl as one transcript line (fsynced) with id `<model>/<item>/s<k>`;
 a rerun skips the ids already written, so an interrupted run resumes where it stopped.
 Sample k of an item always uses the same seed, whatever the order or the resume point.
+A PersonaKnob record's mask, seed_scene and context go into the transcript's meta as
+"personaknob", so `localpeer judge` grades only the masked dimensions and shows the judge
+the scenario.
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ log = logging.getLogger(__name__)
 class PromptItem:
     id: str
     messages: tuple[dict, ...]
+    personaknob: dict | None = None  # a record's {"mask", "seed_scene", "context"}, for judges
+
+
+def record_context(obj: dict, path: Path, line: int) -> dict | None:
+    """What a judge needs from a PersonaKnob record line (one with a "mask"): its active
+    dimensions and its scenario. Stored in the transcript's meta as "personaknob"."""
+    if "mask" not in obj:
+        return None
+    from localpeer.data.personaknob import parse_mask
+
+    return {"mask": list(parse_mask(obj["mask"], (path, line))),
+            **{k: obj[k] for k in ("seed_scene", "context") if isinstance(obj.get(k), str)}}
 
 
 def read_prompts(path: Path, system: str | None = None) -> list[PromptItem]:
@@ -64,7 +79,7 @@ def read_prompts(path: Path, system: str | None = None) -> list[PromptItem]:
                              line)
         if system and messages[0]["role"] != "system":
             messages.insert(0, {"role": "system", "content": system})
-        items.append(PromptItem(item_id, tuple(messages)))
+        items.append(PromptItem(item_id, tuple(messages), record_context(obj, path, line)))
     if not items:
         raise InputError("the prompts file is empty", path)
     return items
@@ -124,11 +139,12 @@ def generate(engine: Engine, items: list[PromptItem], out: Path, samples: int, m
                 continue
             reply = "".join(engine.stream(prompt, seed=seed, max_tokens=room))
             stats = engine.stats
+            extra = {"personaknob": item.personaknob} if item.personaknob else {}
             line = transcript_line(tid, model, item.id, [*item.messages,
                                                          {"role": "assistant", "content": reply}],
                                    dict(meta, seed=seed, sample=k, finish=stats.finish,
                                         tokens=stats.tokens, dropped_messages=dropped,
-                                        created=utc_now()))
+                                        created=utc_now(), **extra))
             append_jsonl(out, line)
             summary.written += 1
             summary.tokens += stats.tokens

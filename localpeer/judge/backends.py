@@ -2,7 +2,8 @@
 OpenAI-compatible chat-completions server (llama-server, vLLM, Ollama) through plain HTTP.
 
 Both return the judge's raw text; `parse_grade` decides whether it is a grade. Nothing here
-guesses a score from free text.
+guesses a score from free text. Both get the same schema in the same key order
+(`schema_text`): the local judge as a grammar, the HTTP judge as response_format.
 
     from localpeer.judge.backends import make_judge, parse_grade
     judge = make_judge("models/gguf/judge.gguf")          # or "http://localhost:8080/v1#qwen"
@@ -21,7 +22,15 @@ from localpeer.errors import InputError, WorkFailed
 
 
 class BadGrade(ValueError):
-    """The judge's output is not {"score": <int in scale>, "rationale": <str>}."""
+    """The judge's output is not {"rationale": <str>, "score": <int in scale>}."""
+
+
+def schema_text(schema: dict) -> str:
+    """The schema as JSON text with its keys in their given order. The local grammar is built
+    from this text and the grammar writes the properties in this order, which is the order
+    HTTP judges receive (never sort_keys: that would put "rationale" and "score" in
+    alphabetical order by accident, not by design)."""
+    return json.dumps(schema)
 
 
 def parse_grade(raw: str, scale: tuple[int, int]) -> tuple[int, str]:
@@ -65,7 +74,7 @@ class LocalJudge:
     def grammar(self, schema: dict):
         import llama_cpp
 
-        key = json.dumps(schema, sort_keys=True)
+        key = schema_text(schema)
         if key not in self._grammars:
             self._grammars[key] = llama_cpp.LlamaGrammar.from_json_schema(key, verbose=False)
         return self._grammars[key]

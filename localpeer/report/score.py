@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rich import box
@@ -23,6 +24,9 @@ from rich.table import Table
 from rich.text import Text
 
 from localpeer.score.result import DimensionResult, ElementResult, ScoreResult
+
+if TYPE_CHECKING:
+    from localpeer.judge.calibrate import DimCalibration
 
 MISFIT_MS = 1.5  # Linacre: mean-squares above this degrade measurement
 MUTED_MS = 0.5  # below this the ratings are more predictable than the model allows
@@ -168,10 +172,16 @@ class ModelsTable:
         yield _titled(f"Models (higher θ = better; fair average on the {lo}–{hi} scale)", table)
 
 
-def _judge_flag(e: ElementResult) -> Text:
+def _judge_flag(e: ElementResult, r: DimensionResult) -> Text:
+    """Fit flags, and "degenerate" for a judge that gave one grade to all its ratings."""
+    flags = []
     if max(e.infit, e.outfit) > MISFIT_MS:
-        return Text("misfit", style="bold red")
-    return Text("muted", style="yellow") if min(e.infit, e.outfit) < MUTED_MS else Text("")
+        flags.append(Text("misfit", style="bold red"))
+    elif min(e.infit, e.outfit) < MUTED_MS:
+        flags.append(Text("muted", style="yellow"))
+    if e.name in r.constant_judges:
+        flags.append(Text("degenerate", style="bold red"))
+    return Text("\n").join(flags)
 
 
 def judges_table(r: DimensionResult) -> Group:
@@ -180,11 +190,57 @@ def judges_table(r: DimensionResult) -> Group:
     for e in _by_measure(r.judges):
         t.add_row(Text(e.name), _num(e.measure, "+.2f"), _num(e.se), _mean_square(e.infit),
                   _num(e.infit_z, "+.1f"), _mean_square(e.outfit), _num(e.outfit_z, "+.1f"),
-                  str(e.n), _judge_flag(e))
+                  str(e.n), _judge_flag(e, r))
     for e in r.judges:
         if not e.estimated:
             t.add_row(*_status_row(e, 9))
-    return _titled("Judges (higher severity = harsher)", t)
+    constant = [Text(f"degenerate: {j} gave {score} to all {n} ratings on {r.dimension}; it "
+                     "cannot tell these replies apart", style="bold red")
+                for j, (score, n) in r.constant_judges.items()]
+    return Group(_titled("Judges (higher severity = harsher)", t), *constant)
+
+
+def _calibration_flag(cal: DimCalibration) -> str:
+    return "reversed" if cal.reversed else cal.flag or ""
+
+
+def judge_calibration_table(r: DimensionResult, calibration: dict | None) -> Group | None:
+    """Beside the judges table: each judge's accuracy at grading a PersonaKnob golden above
+    its reject on this dimension (`localpeer judge calibrate`), in the same judge order."""
+    if calibration is None:
+        return None
+    t = _table(("judge",), ("severity", "accuracy [95% CI]", "n"), ("flag",))
+    for e in _by_measure(r.judges) + [e for e in r.judges if not e.estimated]:
+        cal = calibration.get(e.name, {}).get(r.dimension)
+        severity = _num(e.measure, "+.2f") if e.estimated else e.status
+        if cal is None:
+            t.add_row(Text(e.name), severity, Text("not calibrated", style="dim"), "", "")
+            continue
+        style = "red" if cal.flagged else "green"
+        accuracy = (f"{cal.accuracy:.0%} [{cal.low:.0%}, {cal.high:.0%}]" if cal.n else "—")
+        t.add_row(Text(e.name), severity, Text(accuracy, style=style), str(cal.n),
+                  Text(_calibration_flag(cal), style="bold red"))
+    return _titled(f"Judge calibration on {r.dimension} (golden graded above reject_k)", t)
+
+
+def interpretability_notes(r: DimensionResult, calibration: dict | None) -> list[Text]:
+    """One line per judge of this dimension whose calibration flags it, for beside θ."""
+    if calibration is None:
+        return []
+    notes, uncalibrated = [], []
+    for e in r.judges:
+        cal = calibration.get(e.name, {}).get(r.dimension)
+        if cal is None:
+            uncalibrated.append(e.name)
+        elif cal.flagged:
+            why = ("it prefers the rejects, " if cal.reversed else
+                   "one grade for everything, " if cal.degenerate else "")
+            notes.append(Text(f"θ on {r.dimension} is not interpretable from {e.name} "
+                              f"({why}calibration {cal.describe()})", style="bold red"))
+    if uncalibrated:
+        notes.append(Text(f"no calibration on {r.dimension} for {', '.join(uncalibrated)}",
+                          style="dim"))
+    return notes
 
 
 def _shown_comparisons(r: DimensionResult, max_models: int) -> list:
@@ -333,10 +389,13 @@ def warnings_panel(r: DimensionResult) -> Panel | None:
     return Panel(body, title="Warnings", title_align="left", border_style="yellow")
 
 
-def dimension_view(r: DimensionResult, scale_min: int, scale_max: int) -> Group:
+def dimension_view(r: DimensionResult, scale_min: int, scale_max: int,
+                   calibration: dict | None = None) -> Group:
     """Everything about one dimension, top to bottom."""
     parts = [
-        header(r), ModelsTable(r, scale_min, scale_max), judges_table(r), comparisons_table(r),
+        header(r), ModelsTable(r, scale_min, scale_max),
+        *interpretability_notes(r, calibration), judges_table(r),
+        judge_calibration_table(r, calibration), comparisons_table(r),
         Columns([thresholds_table(r, scale_min, scale_max), separation_table(r)], padding=(0, 4)),
         Text(""), bias_view(r), Text(""), prompts_view(r), wright_map(r), warnings_panel(r),
     ]
@@ -344,9 +403,39 @@ def dimension_view(r: DimensionResult, scale_min: int, scale_max: int) -> Group:
 
 
 def render_score(result: ScoreResult, console: Console) -> None:
+    if result.calibration_file is not None:
+        console.print(Text(f"judge calibration from {result.calibration_file}", style="dim"))
     for r in result.dimensions.values():
-        console.print(dimension_view(r, result.scale_min, result.scale_max))
+        console.print(dimension_view(r, result.scale_min, result.scale_max, result.calibration))
         console.print()
+
+
+def calibration_view(summary: dict[str, dict[str, DimCalibration]],
+                     verdicts: dict[str, str]) -> Group:
+    """`localpeer judge calibrate`: one row per judge and dimension (accuracy with its 95%
+    interval, n, mean grades of goldens and rejects, flags), then one verdict per judge."""
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("judge", no_wrap=True, min_width=min(max(map(len, summary), default=5), 32))
+    t.add_column("dim", no_wrap=True)
+    t.add_column("accuracy [95% CI]", justify="right", no_wrap=True)
+    t.add_column("n", justify="right", no_wrap=True)
+    t.add_column("golden/reject", justify="right", no_wrap=True)
+    t.add_column("flag")
+    for label, by_dim in summary.items():
+        for k, (d, cal) in enumerate(by_dim.items()):
+            flags = ["degenerate" if cal.degenerate else "reversed" if cal.reversed
+                     else cal.flag or ""] + ([f"{cal.missing} missing"] if cal.missing else [])
+            means = (f"{cal.golden_mean:.1f} / {cal.reject_mean:.1f}" if cal.n else "—")
+            t.add_row(Text(label if k == 0 else ""), d,
+                      Text(f"{cal.accuracy:.0%} [{cal.low:.0%}, {cal.high:.0%}]" if cal.n
+                           else "—", style="red" if cal.flagged else "green"),
+                      str(cal.n), means, Text(", ".join(f for f in flags if f), style="bold red"))
+    lines = [Text(v, style="bold red" if " not interpretable " in v else "green")
+             for v in verdicts.values()]
+    return Group(_titled("Judge calibration: is the golden graded above reject_k? (ties "
+                         "count ½)", t,
+                         "chance: the 95% CI holds 50%; degenerate: one grade for everything; "
+                         "reversed: prefers the rejects; golden/reject: mean grades"), *lines)
 
 
 def selftest_table(rows: list[dict], summary: dict) -> Group:

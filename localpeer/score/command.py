@@ -1,13 +1,18 @@
 """`localpeer score`: read ratings, fit every dimension, report, write JSON/CSV.
 
     localpeer score transcripts/ --json scores.json
+    localpeer score transcripts/ --calibration runs/calibration/calibration.json
     localpeer score --selftest
+
+A judge calibration (`localpeer judge calibrate`) is shown beside each judge's severity when
+one is found: --calibration FILE, else PATH/calibration.json or PATH/ratings/calibration.json.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -35,6 +40,7 @@ def ratings_arrays(ratings, dimensions: list[str]):
 
 def run_score(args) -> int:
     from localpeer.formats import Scale, atomic_write_text, load_ratings
+    from localpeer.judge.calibrate import find_calibration, read_calibration
     from localpeer.report import render_score
     from localpeer.score.result import to_csv, to_json_dict
     from localpeer.score.run import score_arrays
@@ -50,9 +56,13 @@ def run_score(args) -> int:
     ratings = load_ratings(list(args.paths), scale, list(args.ratings))
     models, items, judges, dims, scores = ratings_arrays(ratings, args.dimension)
     console = _console(args.quiet)
+    calibration = find_calibration(args.paths, getattr(args, "calibration", None))
     with console.status(f"fitting {len(scores):,} ratings ({args.estimator})"):
         result = score_arrays(models, items, judges, dims, scores, scale.min, scale.max,
                               estimator=args.estimator, quad_points=args.quad_points)
+    if calibration is not None:
+        result = replace(result, calibration=read_calibration(calibration),
+                         calibration_file=str(calibration))
     render_score(result, console)
     if args.json:
         atomic_write_text(args.json, json.dumps(to_json_dict(result), indent=2) + "\n")

@@ -10,8 +10,12 @@ import csv
 import io
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from localpeer.score.stats import BiasTerm, Comparison, Separation
+
+if TYPE_CHECKING:
+    from localpeer.judge.calibrate import DimCalibration
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class DimensionResult:
     bias: list[BiasTerm]
     comparisons: list[Comparison]
     warnings: list[str] = field(default_factory=list)
+    # judges that gave one grade to every rating of this dimension: judge -> (score, n)
+    constant_judges: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,12 @@ class ScoreResult:
     scale_min: int
     scale_max: int
     dimensions: dict[str, DimensionResult]
+    # calibration.json when one was found: judge label -> dimension -> calibration
+    calibration: dict[str, dict[str, DimCalibration]] | None = None
+    calibration_file: str | None = None
+
+    def calibration_of(self, judge: str, dimension: str) -> DimCalibration | None:
+        return (self.calibration or {}).get(judge, {}).get(dimension)
 
 
 def _num(v):
@@ -105,7 +117,20 @@ def _element(e: ElementResult, measure_key: str, with_fair: bool) -> dict:
     return out
 
 
-def dimension_dict(r: DimensionResult) -> dict:
+def _judges_dict(r: DimensionResult, calibration: dict | None) -> dict:
+    """Each judge's entry; with a calibration file, its "calibration" (null when the file
+    does not cover this judge and dimension)."""
+    out = {e.name: _element(e, "severity", False) for e in r.judges}
+    if calibration is not None:
+        for name, entry in out.items():
+            c = calibration.get(name, {}).get(r.dimension)
+            entry["calibration"] = None if c is None else {k: (_num(v) if isinstance(v, float)
+                                                                else v)
+                                                           for k, v in c.to_json().items()}
+    return out
+
+
+def dimension_dict(r: DimensionResult, calibration: dict | None = None) -> dict:
     return {
         "converged": r.converged,
         "loglik": _num(r.loglik),
@@ -115,7 +140,7 @@ def dimension_dict(r: DimensionResult) -> dict:
         "n_ratings_total": r.n_ratings_total,
         "subsets": r.subsets,
         "models": {e.name: _element(e, "theta", True) for e in r.models},
-        "judges": {e.name: _element(e, "severity", False) for e in r.judges},
+        "judges": _judges_dict(r, calibration),
         "items": {e.name: _element(e, "difficulty", False) for e in r.items},
         "thresholds": [{"k": t.k, "tau": _num(t.tau), "se": _num(t.se)} for t in r.thresholds],
         "categories": {str(k): v for k, v in r.category_counts.items()},
@@ -135,11 +160,15 @@ def dimension_dict(r: DimensionResult) -> dict:
 
 
 def to_json_dict(result: ScoreResult) -> dict:
-    return {
+    out = {
         "estimator": result.estimator,
         "scale": {"min": result.scale_min, "max": result.scale_max},
-        "dimensions": {name: dimension_dict(r) for name, r in result.dimensions.items()},
+        "dimensions": {name: dimension_dict(r, result.calibration)
+                       for name, r in result.dimensions.items()},
     }
+    if result.calibration_file is not None:
+        out["calibration_file"] = result.calibration_file
+    return out
 
 
 CSV_COLUMNS = ["dimension", "facet", "element", "status", "measure", "se", "ci95_low",

@@ -10,6 +10,7 @@ numpy and scipy.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -115,6 +116,17 @@ def score_design(design: Design, estimator: str = "mml", quad_points: int = 7) -
     )
 
 
+def constant_judges(judges: np.ndarray, scores: np.ndarray) -> dict[str, tuple[int, int]]:
+    """Judges that gave one grade to all of their (at least two) ratings: judge -> (score, n).
+    Such a judge cannot tell the replies apart, whatever its severity estimate says."""
+    out = {}
+    for judge in dict.fromkeys(judges.tolist()):
+        mine = scores[judges == judge]
+        if mine.size >= 2 and mine.min() == mine.max():
+            out[str(judge)] = (int(mine[0]), int(mine.size))
+    return out
+
+
 def score_arrays(models, items, judges, dimensions, scores, scale_min: int, scale_max: int,
                  estimator: str = "mml", quad_points: int = 7) -> ScoreResult:
     """Fit every dimension of long-format ratings (equal-length arrays)."""
@@ -127,5 +139,10 @@ def score_arrays(models, items, judges, dimensions, scores, scale_min: int, scal
         design = build_design(str(dim), *(a[sel] for a in arrays), scores[sel],
                               scale_min, scale_max)
         log.info("dimension %s: %d ratings, %s", dim, sel.sum(), estimator)
-        results[str(dim)] = score_design(design, estimator, quad_points)
+        result = score_design(design, estimator, quad_points)
+        constant = constant_judges(arrays[2][sel], scores[sel])
+        notes = [f"judge {j} gave {s} to all {n} ratings (degenerate): it cannot tell the "
+                 "replies apart" for j, (s, n) in constant.items()]
+        results[str(dim)] = replace(result, constant_judges=constant,
+                                    warnings=result.warnings + notes)
     return ScoreResult(estimator, scale_min, scale_max, results)
