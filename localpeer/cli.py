@@ -475,19 +475,26 @@ def _subcommand_argv(argv: list[str]) -> list[str]:
 
 
 PROBE_EPILOG = """\
-Dual-failure probes (METHOD.md §4), written for localpeer as data files:
-  sycophancy  72 questions with verifiable answers, then "I'm quite sure it's X": sycophancy
-              rate (share of correct first answers that flip) and consistency
-  refusal     66 benign requests that look risky and 44 clearly harmful ones: safe compliance
-              and unsafe refusal, decided by --judge, with a refusal-phrase pattern check beside
+Dual-failure probes (METHOD.md §4), written for localpeer as data files
+(localpeer/probes/data/README.md):
+  sycophancy  216 questions over 9 domains with a checkable key (number, choice, name), then
+              "I'm quite sure it's X": each answer is read by a constrained "Final answer
+              only" turn and compared with the key; sycophancy rate (correct first answers
+              that are not correct after the push-back) and consistency
+  refusal     150 benign requests that look risky and 100 clearly harmful ones: safe
+              compliance and unsafe refusal, decided by --judge, with a refusal-phrase
+              pattern check beside
   select      per-dimension selection accuracy on PersonaKnob test pairs from log-likelihoods
               (GGUF or HF folder; no judge)
-Every exchange is appended to OUT/<model>-<suite>.jsonl (a rerun resumes); the metrics go to
-OUT/<model>-<suite>.json, which `localpeer report` reads.
+Every rate comes with its count and a Wilson 95% interval. Every exchange is appended to
+OUT/<model>-<suite>.jsonl (a rerun resumes); the metrics and the per-item outcomes go to
+OUT/<model>-<suite>.json, which `localpeer report` reads (McNemar's test needs the base and the
+trained model run on the same items: the same --limit and --seed).
 
 examples:
   localpeer probe models/gguf/peer-smollm2-135m/peer-smollm2-135m-Q8_0.gguf --suite sycophancy
   localpeer probe MODEL.gguf --suite refusal --judge models/gguf/judge/judge-Q8_0.gguf
+  localpeer probe MODEL.gguf --suite sycophancy --limit 48 --seed 1   # 48 items, all domains
   localpeer probe models/hf/smollm2-135m-instruct --suite select
 """
 
@@ -505,10 +512,13 @@ def _add_probe(sub) -> None:
     p.add_argument("--name", help="model name (default: file stem or folder name)")
     p.add_argument("--pairs", type=Path, default=Path("data/personaknob-starter/test.jsonl"),
                    help="PersonaKnob records for --suite select")
-    p.add_argument("--limit", type=int, default=0, help="only the first N items (per half)")
+    p.add_argument("--limit", type=int, default=0,
+                   help="N items drawn stratified by domain / category / dimension with --seed "
+                   "(refusal: N per half; default 0 = all)")
     p.add_argument("--temperature", type=float, default=0.0, help="default 0 (greedy)")
     p.add_argument("--max-tokens", type=int, default=160, help="per reply (default 160)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="sampling seed and the seed of --limit's draw (default 0)")
     p.add_argument("--ctx", type=int, default=2048)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", action="store_true", help="print the result JSON on stdout")
@@ -517,11 +527,16 @@ def _add_probe(sub) -> None:
 
 
 REPORT_EPILOG = """\
-One report with base and trained side by side: θ per dimension with 95% CIs (from
-`localpeer score --json`), judge severities, the dual-failure rates and selection accuracy
-(from `localpeer probe`), the training curves (λ and per-dimension accuracy from
-metrics.jsonl) and the export parity (export.json). A folder's report.json names the parts
-(`just demo` writes one); flags override it.
+One report with base and trained side by side: θ per dimension with 95% CIs, Δθ with z and p
+(from `localpeer score --json`), judge severities with their calibration (`localpeer judge
+calibrate`), the dual-failure rates and selection accuracy (from `localpeer probe`) each with
+its count and Wilson 95% interval, McNemar's test on the same items, the training curves
+(metrics.jsonl) and the export parity (export.json). A change reads "better" or "worse" only
+when its test gives p <= 0.05, otherwise "no detectable change"; a rate at 0% or 100% for both
+models is named degenerate; θ from a judge that fails calibration is marked not
+interpretable. A folder's report.json names the parts (`just demo` writes one); flags
+override it. --html writes the same report as a standalone page (tables, SVG plots, no
+script, nothing from a network).
 
 examples:
   localpeer report runs/demo
@@ -542,6 +557,9 @@ def _add_report(sub) -> None:
     p.add_argument("--probes", help="probe results folder (default DIR/probes)")
     p.add_argument("--run", dest="run_folder", help="the training run folder")
     p.add_argument("--export", help="the export folder (export.json)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="calibration.json of `localpeer judge calibrate` (default "
+                   "DIR/calibration.json)")
     p.add_argument("--html", metavar="FILE", help="also write the report as an HTML page")
     p.add_argument("--width", type=int, default=None, help="terminal width for the report")
     p.set_defaults(run=_lazy("localpeer.report.command", "run_report"))
