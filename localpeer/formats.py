@@ -321,8 +321,26 @@ def load_ratings(paths: Sequence[Path], scale: Scale,
     transcripts = _index_transcripts(transcript_paths)
     ratings = [r if r.model and r.item else _fill_from_transcript(r, transcripts) for r in ratings]
     _check_duplicates(ratings)
+    _check_dimensions(ratings)
     log.info("%d ratings from %d files", len(ratings), len(rating_paths))
     return ratings
+
+
+def _check_dimensions(ratings: list[Rating]) -> None:
+    """Dimensions are free strings, but ratings that use the rubric's letters (A, T, E, C)
+    must use only them: localpeer defines that a stray name beside them is a typo (it would
+    be fitted as a dimension of its own, from a handful of ratings)."""
+    from localpeer.dimensions import DIMS, describe
+
+    used = {r.dimension for r in ratings}
+    stray = sorted(used - set(DIMS))
+    if not stray or not used & set(DIMS):
+        return
+    first = next(r for r in ratings if r.dimension in stray)
+    count = sum(r.dimension in stray for r in ratings)
+    raise InputError(f"unknown dimension {first.dimension!r} ({count} rating(s) with "
+                     f"{', '.join(map(repr, stray))}) beside the rubric's {describe()}; fix the "
+                     "typo, or give such ratings a file of their own", *_where(first.source))
 
 
 def _collect(paths: Sequence[Path], ratings_files: Sequence[Path]) -> tuple[list, list]:

@@ -443,3 +443,68 @@ def test_train_and_export_try_no_network_with_hf_hub_offline_unset(tiny_model, t
     exported = make_run(tmp_path / "smol-run")
     run("export", str(exported), "--quant", "Q8_0", "--out", str(tmp_path / "gguf"), "--quiet")
     assert not log.exists(), log.read_text()
+
+
+# ---- 5, 9, 10. score, judge and probe inputs ----------------------------------------------------
+
+def test_a_typo_dimension_in_ratings_is_named(tmp_path, capsys):
+    folder = tmp_path / "t" / "ratings"
+    folder.mkdir(parents=True)
+    rows = _rating_rows()
+    rows[5] = dict(rows[5], dimension="Z")
+    (folder / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["score", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "r.jsonl:6" in err and "unknown dimension 'Z'" in err
+    _no_traceback(err)
+
+
+def test_score_refuses_to_write_over_its_own_ratings(tmp_path, capsys):
+    ratings = tmp_path / "r.csv"
+    lines = ["model,item,judge,dimension,score"] + [
+        f"{r['model']},{r['item']},{r['judge']},{r['dimension']},{r['score']}"
+        for r in _rating_rows()]
+    ratings.write_text("\n".join(lines) + "\n")
+    before = ratings.read_bytes()
+    for flag in ("--csv", "--json"):
+        assert main(["score", str(ratings), flag, str(ratings)]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} {ratings} is one of the files being read" in err
+        _no_traceback(err)
+    assert ratings.read_bytes() == before
+
+
+def test_judge_refuses_zero_tries(tmp_path, capsys):
+    folder = tmp_path / "t"
+    folder.mkdir()
+    for argv in (["judge", str(folder), "--judge", "J.gguf", "--tries", "0"],
+                 ["judge", "calibrate", "--judge", "J.gguf", "--data",
+                  "data/personaknob-starter/test.jsonl", "--tries", "0"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "--tries 0" in err
+        _no_traceback(err)
+    assert not (folder / "ratings").exists()
+
+
+def test_a_probe_output_line_without_item_is_named(tmp_path):
+    from localpeer.errors import InputError
+    from localpeer.probes.run import _done
+
+    out = tmp_path / "m-sycophancy.jsonl"
+    out.write_text('{"id": "m/syc-001", "item": "syc-001", "meta": {}}\n{"id": "m/x"}\n')
+    with pytest.raises(InputError, match=r"m-sycophancy.jsonl:2: a probe exchange without"):
+        _done(out)
+
+
+def test_judge_resumes_past_a_torn_ratings_tail(tmp_path):
+    from localpeer.judge.run import _done
+
+    path = tmp_path / "ratings" / "j.jsonl"
+    path.parent.mkdir()
+    row = {"model": "m", "item": "i", "judge": "j:standard", "dimension": "A", "score": 3,
+           "transcript_id": "t1"}
+    path.write_text(json.dumps(row) + "\n" + json.dumps(row)[:25])
+    assert _done(path, "j:standard") == {("t1", "A")}
+    append_jsonl(path, dict(row, dimension="T"))
+    assert [o["dimension"] for _, o in jsonl_records(path)] == ["A", "T"]

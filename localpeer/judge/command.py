@@ -22,12 +22,20 @@ def _parse_list(text: str, valid, what: str) -> tuple[str, ...]:
     return items
 
 
+def _check_tries(tries: int) -> None:
+    if tries < 1:
+        raise InputError(f"--tries {tries}: each grade needs at least one try (default 3); "
+                         "with none every grade would be marked missing without asking")
+
+
 def run_judge(args) -> int:
     from rich.console import Console
     from rich.text import Text
 
     from localpeer.formats import Scale
     from localpeer.judge.backends import make_judge
+
+    _check_tries(args.tries)
     from localpeer.judge.run import (
         constant_judges,
         count_work,
@@ -88,6 +96,8 @@ def run_calibrate(args) -> int:
     from localpeer.formats import Scale
     from localpeer.judge import calibrate as cal
     from localpeer.judge.backends import make_judge
+
+    _check_tries(args.tries)
     from localpeer.progress import item_progress
     from localpeer.report.score import calibration_view
 

@@ -100,8 +100,8 @@ def file_stem(judge_label: str) -> str:
 def _done(path: Path, judge: str) -> set[tuple[str, str]]:
     if not path.exists():
         return set()
-    return {(str(o.get("transcript_id")), str(o.get("dimension"))) for _, o in jsonl_records(path)
-            if o.get("judge") == judge}
+    return {(str(o.get("transcript_id")), str(o.get("dimension")))
+            for _, o in jsonl_records(path, appended=True) if o.get("judge") == judge}
 
 
 @dataclass
@@ -213,7 +213,7 @@ def constant_judges(folder: Path, labels: list[str]) -> list[ConstantJudge]:
         if not path.exists():
             continue
         scores: dict[str, list[int]] = {}
-        for _, o in jsonl_records(path):
+        for _, o in jsonl_records(path, appended=True):
             if o.get("judge") == label and isinstance(o.get("score"), int):
                 scores.setdefault(str(o.get("dimension")), []).append(o["score"])
         for dim in sorted(scores, key=lambda d: (DIMS.index(d) if d in DIMS else len(DIMS), d)):
@@ -224,6 +224,6 @@ def constant_judges(folder: Path, labels: list[str]) -> list[ConstantJudge]:
 
 
 def missing_report(folder: Path) -> dict[str, int]:
-    return {p.name: sum(1 for _ in jsonl_records(p))
+    return {p.name: sum(1 for _ in jsonl_records(p, appended=True))
             for p in sorted((Path(folder) / "ratings").glob("*.missing"))}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from localpeer.chat.generate import sample_seed
 from localpeer.chat.session import ContextFull, Engine
+from localpeer.errors import InputError
 from localpeer.formats import append_jsonl, cut_torn_tail, jsonl_records
 from localpeer.judge.rubric import neutralise
 from localpeer.probes.suites import (
@@ -59,7 +60,14 @@ def _done(out: Path) -> dict[str, dict]:
     cut_torn_tail(out)
     if not out.exists():
         return {}
-    return {o["item"]: o for _, o in jsonl_records(out)}
+    done = {}
+    for line, o in jsonl_records(out, appended=True):
+        if not isinstance(o.get("item"), str):
+            raise InputError('a probe exchange without "item" (the probe item id); this file '
+                             "is written by `localpeer probe`: remove the line, or the file to "
+                             "start the suite over", out, line)
+        done[o["item"]] = o
+    return done
 
 
 def _reply(engine: Engine, messages: list[dict], seed: int) -> str:

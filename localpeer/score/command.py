@@ -38,6 +38,20 @@ def ratings_arrays(ratings, dimensions: list[str]):
     return [np.asarray(c) for c in cols[:4]] + [np.asarray(cols[4], dtype=np.int64)]
 
 
+def _refuse_overwriting_inputs(args) -> None:
+    """--json or --csv naming a file the command reads (e.g. `score X.csv --csv X.csv`)."""
+    from pathlib import Path
+
+    from localpeer.formats import _collect
+
+    ratings, transcripts = _collect(list(args.paths), list(args.ratings))
+    inputs = {Path(p).resolve() for p in (*ratings, *transcripts)}
+    for flag, out in (("--json", args.json), ("--csv", args.csv)):
+        if out is not None and Path(out).resolve() in inputs:
+            raise InputError(f"{flag} {out} is one of the files being read; write the result "
+                             "to another file", out)
+
+
 def run_score(args) -> int:
     from localpeer.formats import Scale, atomic_write_text, load_ratings
     from localpeer.judge.calibrate import find_calibration, read_calibration
@@ -53,6 +67,7 @@ def run_score(args) -> int:
         raise InputError("give a transcripts folder or a ratings file, e.g. "
                          "`localpeer score transcripts/` (or --selftest)")
     scale = Scale.parse(args.scale)
+    _refuse_overwriting_inputs(args)
     ratings = load_ratings(list(args.paths), scale, list(args.ratings))
     models, items, judges, dims, scores = ratings_arrays(ratings, args.dimension)
     console = _console(args.quiet)
