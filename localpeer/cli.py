@@ -269,6 +269,9 @@ def _add_export(sub) -> None:
     p.add_argument("--check-only", action="store_true",
                    help="re-run the parity checks on an existing export folder")
     p.add_argument("--keep-f32", action="store_true", help="also keep NAME-F32.gguf")
+    p.add_argument("--force", action="store_true",
+                   help="replace an --out folder that holds another run's export (its files "
+                   "are replaced as one unit)")
     p.add_argument("--quiet", action="store_true", help="no progress or summary")
     p.set_defaults(run=_lazy("localpeer.export.command", "run_export"))
 

@@ -508,3 +508,61 @@ def test_judge_resumes_past_a_torn_ratings_tail(tmp_path):
     assert _done(path, "j:standard") == {("t1", "A")}
     append_jsonl(path, dict(row, dimension="T"))
     assert [o["dimension"] for _, o in jsonl_records(path)] == ["A", "T"]
+
+
+# ---- 5. export: another run's folder, stale files, SIGTERM ---------------------------------------
+
+def test_export_refuses_a_folder_holding_another_runs_export(tmp_path, capsys):
+    pytest.importorskip("llama_cpp")
+    from test_export import fake_run
+
+    run = fake_run(tmp_path / "run")
+    out = tmp_path / "gguf"
+    out.mkdir()
+    (out / "other-Q8_0.gguf").write_bytes(b"GGUF")
+    (out / "export.json").write_text(json.dumps(
+        {"sources": {"run_dir": str(tmp_path / "other-run")},
+         "files": [{"file": "other-Q8_0.gguf", "type": "Q8_0"}]}))
+    assert main(["export", str(run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "another run" in err and "--force" in err
+    _no_traceback(err)
+    assert (out / "other-Q8_0.gguf").read_bytes() == b"GGUF"  # untouched
+    (out / "export.json").unlink()
+    assert main(["export", str(run), "--out", str(out)]) == 2  # unlisted GGUF files
+    assert "no export.json lists (other-Q8_0.gguf)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_during_export_leaves_no_work_folder_and_a_reexport_no_stale_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from test_export import ROOT, converter, make_run
+
+    try:
+        converter.find_converter()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(str(e))
+    assert main(["pull", "smollm2-135m-instruct", "--quiet"]) == 0
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "gguf"
+    proc = subprocess.Popen([sys.executable, "-m", "localpeer", "export", str(run), "--quant",
+                             "Q8_0", "--out", str(out), "--quiet"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".work-*/merged-hf")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(120)
+    assert "Traceback" not in proc.stderr.read()
+    assert list(out.glob(".work-*")) == []  # cleaned up as on Ctrl-C
+    # an export, then one with other quants into the same folder: nothing stale is left
+    assert main(["export", str(run), "--quant", "Q8_0", "--out", str(out), "--quiet"]) == 0
+    assert main(["export", str(run), "--quant", "Q4_0", "--out", str(out), "--quiet"]) == 0
+    listed = {f["file"] for f in json.loads((out / "export.json").read_text())["files"]}
+    assert {p.name for p in out.iterdir()} == listed | {"export.json"}
+    assert not any("Q8_0" in name for name in listed)

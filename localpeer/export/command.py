@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -269,10 +270,70 @@ def _publish(stages: Stages, side: Alongside, out: Path, work: Path, keep: dict[
         + [_file_entry(work / "Modelfile", "Modelfile")],
         "notes": notes, "parity": report.to_dict(), "timings_s": stages.timings,
         "alongside_s": side.timings}
+    old = _listed_files(out)
     for p in [*keep.values(), work / "Modelfile"]:
         os.replace(p, out / p.name)
     atomic_write_text(out / "export.json", json.dumps(info, indent=1) + "\n")
+    # the folder's managed files are one unit: what the previous export listed and this one
+    # does not (another quant, the other run's name) goes, so nothing stale sits beside it
+    for name_ in old - {f["file"] for f in info["files"]}:
+        (out / name_).unlink(missing_ok=True)
     return info
+
+
+def _listed_files(out: Path) -> set[str]:
+    """The files the folder's export.json lists (none when there is none, or it is unreadable)."""
+    try:
+        info = json.loads((out / "export.json").read_text())
+        return {Path(f["file"]).name for f in info["files"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def check_out_folder(out: Path, run: Path, force: bool) -> None:
+    """Refuse, unless --force, an output folder that holds another run's export (its
+    export.json names another run_dir) or GGUF files that no export.json lists."""
+    if not out.is_dir():
+        return
+    try:
+        info = json.loads((out / "export.json").read_text())
+        other = info.get("sources", {}).get("run_dir")
+    except (OSError, ValueError, AttributeError):
+        info, other = None, None
+    listed = _listed_files(out)
+    strays = sorted(p.name for p in out.glob("*.gguf") if p.name not in listed)
+    problem = None
+    if other is not None and Path(other).resolve() != run.resolve():
+        problem = f"it holds the export of another run ({other})"
+    elif strays:
+        problem = f"it holds GGUF files no export.json lists ({', '.join(strays[:3])})"
+    if problem and not force:
+        raise InputError(f"--out: {problem}; choose another --out, or pass --force to replace "
+                         "its exported files", out)
+    if problem and force:  # replaced as one unit when the new export is published
+        for name_ in strays:
+            (out / name_).unlink()
+
+
+@contextmanager
+def _sigterm_unwinds():
+    """SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so the `finally` that removes the
+    work folder runs; outside the main thread nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(143)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[str, ...],
@@ -399,7 +460,9 @@ def run_export(args) -> int:
     if args.check_only:
         info = _check_only(run, adapter, out, stages)
     else:
-        info = _export(args, run, adapter, out, name, quants, stages)
+        check_out_folder(out, run, getattr(args, "force", False))
+        with _sigterm_unwinds():
+            info = _export(args, run, adapter, out, name, quants, stages)
     if not stages.quiet:
         console.print(f"[bold green]export {'check ' if args.check_only else ''}passed[/]: "
                       f"{out}")
