@@ -566,3 +566,46 @@ def test_sigterm_during_export_leaves_no_work_folder_and_a_reexport_no_stale_fil
     listed = {f["file"] for f in json.loads((out / "export.json").read_text())["files"]}
     assert {p.name for p in out.iterdir()} == listed | {"export.json"}
     assert not any("Q8_0" in name for name in listed)
+
+
+def test_disk_full_mid_quantize_is_named_and_leaves_nothing(gguf, tmp_path):
+    """A 2 MiB tmpfs as the quantizer's output folder (root only: skipped elsewhere)."""
+    import os
+    import subprocess
+    import sys
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs",
+                                            str(disk)], capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a small tmpfs")
+    script = (
+        "import sys\nfrom pathlib import Path\n"
+        "from localpeer.cli import os_error_message\n"
+        "from localpeer.export.quantize import quantize\n"
+        "try:\n"
+        f"    quantize(Path({str(gguf)!r}), Path({str(disk / 'm-Q8_0.gguf')!r}), 'Q8_0')\n"
+        "except OSError as e:\n"
+        "    print('caught:', os_error_message(e))\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                           timeout=600)
+        left = sorted(p.name for p in disk.iterdir())
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+    # the terminal is restored after the failure (stdout was the quantize log until then)
+    assert "caught:" in r.stdout and "ENOSPC" in r.stdout and str(disk) in r.stdout, r
+    assert "free some space" in r.stdout and left == []
+
+
+def test_an_unwritable_output_path_exits_1_naming_it(tiny_model, tmp_path, capsys):
+    """A file where the output folder should be (root ignores permission bits, so this is
+    how a test run as root gets a path nothing can be written under)."""
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    recipe = _train_recipe(tiny_model, tmp_path)
+    assert main(["train", str(recipe), f"out_dir={blocker / 'run'}"]) == 1
+    err = capsys.readouterr().err
+    assert str(blocker / "run") in err and "ENOTDIR" in err
+    _no_traceback(err)
+    assert blocker.read_text() == "x"

@@ -7,9 +7,11 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import re
+import shutil
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,10 +76,9 @@ def _capture_llama_log(path: Path):
         sys.stderr = fh
         try:
             yield
-        finally:
+        finally:  # the terminal first: a flush into a full disk raises, and must not keep it
             sys.stderr = old_stderr
             logger.setLevel(old_level)
-            fh.flush()
             libc.fflush(None)
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
@@ -96,11 +97,18 @@ def quantize(src: Path, dst: Path, name: str, nthread: int = 1) -> tuple[Path, s
     tmp = dst.with_name(dst.name + ".partial")
     log_path = dst.with_name(dst.name + ".log")
     try:
-        with _capture_llama_log(log_path):
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
-                                                ctypes.byref(params))
-        quant_log = log_path.read_text(errors="replace")
+        try:
+            with _capture_llama_log(log_path):
+                rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(),
+                                                    ctypes.byref(params))
+            quant_log = log_path.read_text(errors="replace")
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise _disk_full(dst, name) from None
+            raise
         if rc != 0:
+            if "iostream" in quant_log or shutil.disk_usage(dst.parent).free < 64 * 2**20:
+                raise _disk_full(dst, name)  # llama.cpp's "iostream error" when a write fails
             raise WorkFailed(f"llama_model_quantize to {name} returned {rc} for {src}:\n"
                              + quant_log[-2000:])
         os.replace(tmp, dst)
@@ -108,3 +116,8 @@ def quantize(src: Path, dst: Path, name: str, nthread: int = 1) -> tuple[Path, s
         tmp.unlink(missing_ok=True)
         log_path.unlink(missing_ok=True)
     return dst, fallback_note(name, quant_log)
+
+
+def _disk_full(dst: Path, name: str) -> OSError:
+    return OSError(errno.ENOSPC, f"No space left on device while quantizing to {name} "
+                   f"({shutil.disk_usage(dst.parent).free / 2**20:.0f} MiB free)", str(dst.parent))
