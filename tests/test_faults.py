@@ -609,3 +609,24 @@ def test_an_unwritable_output_path_exits_1_naming_it(tiny_model, tmp_path, capsy
     assert str(blocker / "run") in err and "ENOTDIR" in err
     _no_traceback(err)
     assert blocker.read_text() == "x"
+
+
+def test_export_to_an_unwritable_out_exits_1_naming_it(tmp_path, capsys):
+    pytest.importorskip("llama_cpp")
+    from test_export import ROOT, fake_run
+
+    from localpeer.export import converter
+
+    try:
+        converter.find_converter()
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(str(e))
+    assert main(["pull", "smollm2-135m-instruct", "--quiet"]) == 0
+    run = fake_run(tmp_path / "run")
+    (run / "recipe.yaml").write_text(f"model: {ROOT / 'models' / 'hf' / 'smollm2-135m-instruct'}\n")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    assert main(["export", str(run), "--out", str(blocker / "gguf")]) == 1
+    err = capsys.readouterr().err
+    assert str(blocker / "gguf") in err and "ENOTDIR" in err
+    _no_traceback(err)
