@@ -275,14 +275,6 @@ def test_help_teaches_calibrate(capsys):
         assert words in text, words
 
 
-@pytest.fixture(scope="module")
-def gguf():
-    pytest.importorskip("llama_cpp")
-    from localpeer.deps import embedded_smollm2_gguf
-
-    return embedded_smollm2_gguf()
-
-
 def test_real_gguf_calibration_on_two_records(gguf, tmp_path, capsys):
     """The two shortest single-dimension records of the starter test set: 4 grades by the
     embedded 135M (about 10 s on 2 cores)."""

@@ -30,17 +30,6 @@ EVIL = "{{ cycler.__init__.__globals__.os.system('touch MARKER') }}"
 
 
 @pytest.fixture(scope="module")
-def gguf():
-    pytest.importorskip("llama_cpp")
-    from localpeer.deps import embedded_smollm2_gguf
-
-    try:
-        return embedded_smollm2_gguf()
-    except InputError as e:
-        pytest.skip(str(e))
-
-
-@pytest.fixture(scope="module")
 def engine(gguf):
     return load_engine(gguf, ctx=512, sampler=Sampler(max_tokens=24, temperature=0.7),
                        threads=1)

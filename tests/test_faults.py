@@ -253,14 +253,6 @@ def test_export_accepts_f32_and_every_type_it_documents(tmp_path, capsys):
 
 # ---- 7, 9. chat and generate: bad GGUFs, templates, read-only outputs, a message too long ------
 
-@pytest.fixture(scope="module")
-def gguf():
-    pytest.importorskip("llama_cpp")
-    from localpeer.deps import embedded_smollm2_gguf
-
-    return embedded_smollm2_gguf()
-
-
 def _with_template(gguf, tmp_path, template, name):
     import subprocess
     import sys

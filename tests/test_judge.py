@@ -108,14 +108,6 @@ def test_injection_stays_inside_the_delimiters_with_the_same_prompt_structure():
             assert sorted(anchors) == [1, 2, 3, 4, 5], (rubric, dim)
 
 
-@pytest.fixture(scope="module")
-def gguf():
-    pytest.importorskip("llama_cpp")
-    from localpeer.deps import embedded_smollm2_gguf
-
-    return embedded_smollm2_gguf()
-
-
 def test_real_gguf_judge_grades_only_through_the_grammar(gguf):
     judge = make_judge(f"smol={gguf}", threads=1)
     assert judge.name == "smol"

@@ -377,17 +377,6 @@ def test_select_outcome_keys_are_unique_for_graded_records():
     assert s["dims"]["A"] == {"pairs": 3, "selection_accuracy": pytest.approx(2 / 3)}
 
 
-@pytest.fixture(scope="module")
-def gguf():
-    pytest.importorskip("llama_cpp")
-    from localpeer.deps import embedded_smollm2_gguf
-
-    try:
-        return embedded_smollm2_gguf()
-    except InputError as e:
-        pytest.skip(str(e))
-
-
 def test_constrained_reads_on_the_real_gguf_match_each_form(gguf):
     from localpeer.chat.session import Sampler, load_engine
     from localpeer.probes.run import read_answer
