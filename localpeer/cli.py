@@ -631,6 +631,8 @@ def go_offline() -> None:
 
     for name in OFFLINE_SWITCHES:
         os.environ[name] = "1"
+    # transformers' `kernels` dependency says, at every start, that offline it skips a check
+    logging.getLogger("kernels").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
