@@ -356,6 +356,25 @@ def pull(card_name: str, models_dir: str | Path = "models", revision: str | None
     return folder
 
 
+def materialize(name: str, models_dir: str | Path = "models") -> Path | None:
+    """models/hf/NAME for a card whose weights ship with an installed package (the embedded
+    default): pulled on first use, offline, with a one-line notice on stderr. None for
+    anything else (a card that needs the hub is still pulled by `localpeer pull`)."""
+    import sys
+
+    if name not in card_names(models_dir):
+        return None
+    card = load_named_card(name, models_dir)
+    folder = hf_folder(models_dir, card.name)
+    if is_pulled(folder):
+        return folder
+    if not card.embedded:
+        return None
+    print(f"localpeer: {card.name} is not in {folder} yet; converting the embedded "
+          f"{card.embedded} GGUF there once (offline, about half a minute)", file=sys.stderr)
+    return pull(card.name, models_dir)
+
+
 def run_pull(args) -> int:
     from rich.console import Console
 

@@ -18,6 +18,25 @@ from localpeer.errors import InputError
 SUITES = ("sycophancy", "refusal", "select")
 
 
+def _model_path(spec: str, suite: str) -> Path:
+    """A .gguf file or an HF folder; or the embedded default's card name
+    (smollm2-135m-instruct): its GGUF for the chat suites, its HF folder (made on first use,
+    offline) for select."""
+    model = Path(spec)
+    if model.exists():
+        return model
+    from localpeer.pull import card_names, load_named_card, materialize
+
+    if spec in card_names() and load_named_card(spec).embedded:
+        if suite == "select":
+            return materialize(spec)
+        from localpeer.deps import embedded_smollm2_gguf
+
+        return embedded_smollm2_gguf()
+    raise InputError("no such model; pass a .gguf file, an HF model folder or the embedded "
+                     "default's name (smollm2-135m-instruct)", model)
+
+
 def run_probe(args) -> int:
     from rich.console import Console
 
@@ -28,9 +47,7 @@ def run_probe(args) -> int:
     console = Console(stderr=True)
     if args.suite not in SUITES:
         raise InputError(f"--suite {args.suite}: choose one of {', '.join(SUITES)}")
-    model = Path(args.model)
-    if not model.exists():
-        raise InputError("no such model; pass a .gguf file or an HF model folder", model)
+    model = _model_path(args.model, args.suite)
     if args.limit < 0:
         raise InputError(f"--limit {args.limit}: pass a number of items (0 = all)")
     name = args.name or (model.stem if model.is_file() else model.name)

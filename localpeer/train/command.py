@@ -31,6 +31,11 @@ def model_source(recipe, models_dir: Path = Path("models")):
     pulled = models_dir / "hf" / recipe.model
     if pulled.is_dir():
         return pulled, targets
+    from localpeer.pull import materialize
+
+    embedded = materialize(recipe.model, models_dir)  # the embedded default needs no pull
+    if embedded is not None:
+        return embedded, targets
     if card_path.is_file():
         raise InputError(f"model {recipe.model!r} is not pulled yet; run `localpeer pull "
                          f"{recipe.model}` (once, with the hub reachable, or offline for the "
