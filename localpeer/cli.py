@@ -299,9 +299,18 @@ PersonaKnob records work as they are), appended to DIR/<model>.jsonl as transcri
 <model>/<item>/s<k>. Rerunning skips the ids already written (resume after Ctrl-C or a crash);
 sample k of an item always gets the same seed.
 
+MODEL may be an OpenAI-compatible server ([NAME=]http(s)://host:port/v1#MODEL: llama-server,
+vLLM, Ollama): --parallel requests at once (default 8), each with --temperature, --top-p,
+--max-tokens and its sample's seed, retried on 429, 5xx, timeouts and dropped connections;
+one that still fails is reported and not written (a rerun asks again). The transcripts record
+the URL and model instead of the GGUF's hash. A bearer token is read from LOCALPEER_API_KEY.
+A local GGUF always runs one reply at a time.
+
 examples:
   localpeer generate MODEL.gguf --prompts data/personaknob-starter/test.jsonl --out transcripts/
   localpeer generate MODEL.gguf --prompts probes.jsonl --out transcripts/ --samples 3 --seed 7
+  localpeer generate qwen=http://localhost:8000/v1#Qwen/Qwen2.5-7B-Instruct \\
+      --prompts data/personaknob-starter/test.jsonl --out transcripts/ --parallel 16
 """
 
 
@@ -337,7 +346,9 @@ def _add_generate(sub) -> None:
                        description="Generate replies to a JSONL of prompts.",
                        epilog=GENERATE_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path, metavar="MODEL.gguf")
+    # a str, not a Path: Path would fold the URL's "//"
+    p.add_argument("model", metavar="MODEL.gguf|URL#MODEL",
+                   help="a GGUF file or [NAME=]http(s)://host:port/v1#MODEL")
     p.add_argument("--prompts", type=Path, required=True, metavar="FILE",
                    help="JSONL: id + messages or prompt")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="transcripts folder")
@@ -347,6 +358,8 @@ def _add_generate(sub) -> None:
     p.add_argument("--limit", type=int, default=0, help="only the first N prompts")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="requests at once to a URL#MODEL server (default 8); a GGUF runs 1")
     _sampler_flags(p)
     p.set_defaults(run=_lazy("localpeer.chat.generate", "run_generate"))
 
@@ -447,6 +460,9 @@ def _add_judge(sub) -> None:
                    help="PersonaKnob records: a transcript whose item is a record's id is graded "
                    "on its masked dimensions only, with its scenario shown to the judge")
     p.add_argument("--limit", type=int, default=0, help="only the first N transcripts")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="requests at once to each URL#MODEL judge (default 8); a GGUF judge "
+                   "runs 1")
     p.set_defaults(run=_lazy("localpeer.judge.command", "run_judge"))
     # Reached as `localpeer judge calibrate` through _subcommand_argv; no help=, so the
     # top-level command list does not show it twice.

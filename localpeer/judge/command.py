@@ -28,6 +28,19 @@ def _check_tries(tries: int) -> None:
                          "with none every grade would be marked missing without asking")
 
 
+def _check_parallel(parallel: int | None, backends: list, console) -> None:
+    """--parallel N: at least 1; a local GGUF runs one request at a time whatever N is."""
+    if parallel is not None and parallel < 1:
+        raise InputError(f"--parallel {parallel}: run at least 1 request at a time "
+                         "(default 8 for servers)")
+    local = [getattr(b, "name", "the model") for b in backends
+             if not getattr(b, "concurrent", False)]
+    if parallel is not None and parallel > 1 and local:
+        console.print(f"[yellow]--parallel {parallel}: {', '.join(local)} is a local GGUF "
+                      "and runs 1 request at a time (llama.cpp's context is not thread-safe); "
+                      "--parallel applies to URL#MODEL servers[/]")
+
+
 def run_judge(args) -> int:
     from rich.console import Console
     from rich.text import Text
@@ -53,6 +66,8 @@ def run_judge(args) -> int:
     scale = Scale.parse(args.scale)
     records = records_by_id(args.data) if args.data else None
     judges = [make_judge(spec, ctx=args.ctx, threads=args.threads) for spec in args.judge]
+    parallel = getattr(args, "parallel", None)
+    _check_parallel(parallel, judges, console)
     total = count_work(args.dir, judges, rubrics, dims, args.limit, records)
     if total == 0:
         raise InputError("no transcripts with an assistant reply under this folder; run "
@@ -67,7 +82,7 @@ def run_judge(args) -> int:
         summary = judge_folder(args.dir, judges, rubrics, dims, (scale.min, scale.max),
                                tries=args.tries, seed=args.seed, limit=args.limit,
                                temperature=args.temperature,
-                               on_rating=on_rating, records=records)
+                               on_rating=on_rating, records=records, parallel=parallel)
     constant = constant_judges(args.dir, list(summary.by_judge))
     if not args.quiet:
         for label, c in summary.by_judge.items():

@@ -5,6 +5,10 @@ ARCHITECTURE.md long format (model, item, judge, dimension, score, transcript_id
 one fsynced line each. Output that does not parse is retried with a new seed; after the last
 try the (transcript, dimension) is written to DIR/ratings/<judge>.missing (JSON lines that
 `localpeer score` does not read) and never guessed. A rerun skips what either file holds.
+Server judges grade `parallel` transcripts at once (default 8; a GGUF judge one at a time);
+each result comes back to the calling thread, which alone appends it, so a kill loses only the
+grades in flight. A request that fails for good (a 4xx, or the last of its retries) is
+missing at once, without the other tries.
 
 A transcript that answers a PersonaKnob record (meta "personaknob" written by `localpeer
 generate`, or its item found in `--data RECORDS.jsonl`) is graded only on the record's masked
@@ -26,7 +30,7 @@ from pathlib import Path
 from localpeer.dimensions import DIMS
 from localpeer.errors import InputError
 from localpeer.formats import Transcript, append_jsonl, jsonl_records, read_transcripts
-from localpeer.judge.backends import BadGrade, parse_grade
+from localpeer.judge.backends import BadGrade, RequestFailed, as_done, parse_grade, workers
 from localpeer.judge.rubric import DIMENSIONS, judge_messages, score_schema
 
 log = logging.getLogger(__name__)
@@ -123,9 +127,13 @@ def grade(judge, transcript: Transcript, dim: str, rubric: str, scale: tuple[int
     messages = judge_messages(list(transcript.messages), dim, rubric, scale, scenario)
     errors = []
     for attempt in range(tries):
-        raw = judge.complete(messages, score_schema(scale), seed=seed + attempt,
-                             temperature=temperature if attempt == 0 else max(temperature,
-                                                                              0.7))
+        try:
+            raw = judge.complete(messages, score_schema(scale), seed=seed + attempt,
+                                 temperature=temperature if attempt == 0 else max(temperature,
+                                                                                  0.7))
+        except RequestFailed as e:  # retried inside already: another seed will not help
+            errors.append(str(e))
+            return None, "", errors
         try:
             score, rationale = parse_grade(raw, scale)
             return score, rationale, errors
@@ -138,10 +146,12 @@ def judge_folder(folder: Path, judges: list, rubrics: tuple[str, ...] = ("standa
                  dims: tuple[str, ...] = DIMENSIONS, scale: tuple[int, int] = (1, 5),
                  tries: int = 3, seed: int = 0, limit: int = 0, temperature: float = 0.0,
                  on_rating: Callable[[str, JudgeSummary], None] | None = None,
-                 records: dict[str, ItemContext] | None = None) -> JudgeSummary:
+                 records: dict[str, ItemContext] | None = None,
+                 parallel: int | None = None) -> JudgeSummary:
     """Grade every transcript (its record's masked dimensions, or all `dims`) with every
     judge and rubric. `records`: contexts by item id (`records_by_id`), else the
-    transcripts' meta "personaknob" says which items are records."""
+    transcripts' meta "personaknob" says which items are records. `parallel`: requests at
+    once to a server judge (None: 8); a local judge always runs one at a time."""
     folder = Path(folder)
     transcripts = transcripts_under(folder)
     if limit:
@@ -155,29 +165,37 @@ def judge_folder(folder: Path, judges: list, rubrics: tuple[str, ...] = ("standa
             missing = folder / "ratings" / f"{file_stem(label)}.missing"
             done = _done(out, label) | _done(missing, label)
             counts = summary.by_judge.setdefault(label, {"rated": 0, "missing": 0})
+            todo = []
             for t, context in zip(transcripts, contexts, strict=True):
                 scenario = context.scenario if context is not None else None
                 for dim in dims_to_grade(dims, context):
                     if (t.id, dim) in done:
                         summary.skipped += 1
-                        continue
-                    score, rationale, errors = grade(judge, t, dim, rubric, scale, tries,
-                                                     seed, temperature, scenario)
-                    summary.retries += len(errors)
-                    row = {"model": t.model, "item": t.item, "judge": label, "dimension": dim}
-                    if score is None:
-                        append_jsonl(missing, {**row, "transcript_id": t.id, "errors": errors})
-                        summary.missing += 1
-                        counts["missing"] += 1
-                        log.warning("%s on %s (%s): no valid grade after %d tries", label, t.id,
-                                    dim, tries)
                     else:
-                        append_jsonl(out, {**row, "score": score, "transcript_id": t.id,
-                                           "rationale": rationale})
-                        summary.rated += 1
-                        counts["rated"] += 1
-                    if on_rating is not None:
-                        on_rating(label, summary)
+                        todo.append((t, dim, scenario))
+
+            def one(job, judge=judge, rubric=rubric):
+                t, dim, scenario = job
+                return grade(judge, t, dim, rubric, scale, tries, seed, temperature, scenario)
+
+            # results arrive here, in this thread, as they complete: the only writer
+            for (t, dim, _), (score, rationale, errors) in as_done(one, todo,
+                                                                   workers(judge, parallel)):
+                summary.retries += len(errors)
+                row = {"model": t.model, "item": t.item, "judge": label, "dimension": dim}
+                if score is None:
+                    append_jsonl(missing, {**row, "transcript_id": t.id, "errors": errors})
+                    summary.missing += 1
+                    counts["missing"] += 1
+                    log.warning("%s on %s (%s): no valid grade (%s)", label, t.id, dim,
+                                errors[-1] if errors else "no tries")
+                else:
+                    append_jsonl(out, {**row, "score": score, "transcript_id": t.id,
+                                       "rationale": rationale})
+                    summary.rated += 1
+                    counts["rated"] += 1
+                if on_rating is not None:
+                    on_rating(label, summary)
     return summary
 
 
