@@ -3,6 +3,8 @@
     python bench/score_bench.py                                  # 10k, 100k and 1M ratings
     python bench/score_bench.py --sizes 10000,100000 --json out.json
     python bench/score_bench.py --sizes 1000000 --profile        # + cProfile of fit_jml/fit_mml
+    python bench/score_bench.py --sizes 1000000 --command 3 --json out.json
+        # + the whole `python -m localpeer score FILE.csv [--quiet] --estimator E`, median of 3
 
 Data: one dimension, 20 models x 10,000 prompts x 5 judges, 5 categories, drawn by
 `localpeer.score.simulate.simulate(20, 10000, 5, missing=1 - N/1e6, seed=...)`, so N is the
@@ -245,6 +247,35 @@ def run_child(tool: str, data: Path, out: Path, timeout: float) -> dict:
     return res
 
 
+def time_command(data: Path, tmp: Path, repeats: int) -> dict:
+    """Median wall time of the whole command (read CSV, design, fit, report) per variant."""
+    loaded = np.load(data)
+    csv_path = tmp / (data.stem + ".csv")
+    with csv_path.open("w") as fh:
+        fh.write("model,item,judge,dimension,score\n")
+        for row in zip(loaded["models"].tolist(), loaded["items"].tolist(),
+                       loaded["judges"].tolist(), loaded["scores"].tolist()):
+            fh.write(f"{row[0]},{row[1]},{row[2]},A,{row[3]}\n")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    out = {}
+    for est in ("jml", "mml"):
+        for quiet in (True, False):
+            cmd = [sys.executable, "-m", "localpeer", "score", str(csv_path), "--estimator", est]
+            cmd += ["--quiet"] if quiet else []
+            walls = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                walls.append(time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    raise RuntimeError(proc.stderr.strip().splitlines()[-1:])
+            key = f"{est}{' --quiet' if quiet else ''}"
+            out[key] = dict(median_s=float(np.median(walls)), walls_s=walls,
+                            command=" ".join(cmd[1:]))
+    return out
+
+
 def centred(theta: dict, names: list[str]) -> np.ndarray:
     v = np.array([theta[k] for k in names], float)
     return v - v.mean()
@@ -373,6 +404,8 @@ def main(argv=None) -> int:
     ap.add_argument("--profile", action="store_true",
                     help="afterwards, cProfile build_design/fit_jml/fit_mml at the largest size")
     ap.add_argument("--profile-top", type=int, default=10)
+    ap.add_argument("--command", type=int, default=0, metavar="REPEATS",
+                    help="also time the whole `localpeer score FILE.csv` at the largest size")
     ap.add_argument("--_child", choices=TOOLS, help=argparse.SUPPRESS)
     ap.add_argument("--_profile", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_data", help=argparse.SUPPRESS)
@@ -470,6 +503,20 @@ def main(argv=None) -> int:
             print("\nstages:")
             print("\n".join(notes))
         sys.stdout.flush()
+
+        if args.command:
+            big = max(sizes)
+            log(f"[{big:,}] whole command x{args.command} ...")
+            meta["command"] = time_command(tmp / f"ratings_{big}.npz", tmp, args.command)
+            print(f"\nwhole command at {results[big]['_n']:,} ratings (median of "
+                  f"{args.command}):")
+            for key, r in meta["command"].items():
+                print(f"  localpeer score FILE.csv --estimator {key}: {r['median_s']:.2f} s")
+            for tool in tools:
+                r = results[big][tool]
+                if r.get("status") == "ok":
+                    print(f"  fit only, {tool}: {r['wall_s']:.2f} s")
+            sys.stdout.flush()
 
         if args.profile:
             big = max(sizes)

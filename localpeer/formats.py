@@ -326,6 +326,79 @@ def load_ratings(paths: Sequence[Path], scale: Scale,
     return ratings
 
 
+@dataclass(frozen=True)
+class Labels:
+    """A text column as integer codes: row r holds names[codes[r]]."""
+
+    names: tuple[str, ...]  # distinct values in first-seen order
+    codes: object  # (N,) numpy int64 array of indices into names
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __getitem__(self, rows) -> Labels:
+        return Labels(self.names, self.codes[rows])
+
+    @classmethod
+    def of(cls, values) -> Labels:
+        """Code a sequence of strings (first-seen order)."""
+        import numpy as np
+
+        index = {name: k for k, name in enumerate(dict.fromkeys(values))}
+        return cls(tuple(index), np.fromiter(map(index.__getitem__, values), np.int64,
+                                             len(values)))
+
+
+@dataclass(frozen=True)
+class RatingColumns:
+    """The ratings `localpeer score` fits, as columns: no Rating object per row."""
+
+    model: Labels
+    item: Labels
+    judge: Labels
+    dimension: Labels
+    score: object  # (N,) numpy int64
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def select(self, rows) -> RatingColumns:
+        return RatingColumns(self.model[rows], self.item[rows], self.judge[rows],
+                             self.dimension[rows], self.score[rows])
+
+
+def load_rating_columns(paths: Sequence[Path], scale: Scale,
+                        ratings_files: Sequence[Path] = ()) -> RatingColumns:
+    """`load_ratings` as columns: the same ratings and the same errors, much faster.
+
+    Plain files (every row complete, scores written as integers, no duplicates) are read by
+    pyarrow, when it is installed, without a Python object per row. Any file the fast reader
+    cannot take whole, and any check that fails, sends everything through `load_ratings`, so
+    every message is the one it gives (file:line and what to change)."""
+    from localpeer.score.columns import fast_columns
+
+    rating_paths, transcript_paths = _collect(paths, ratings_files)
+    parts = [fast_columns(path, scale) for path in rating_paths]
+    if parts and all(part is not None for part in parts) and sum(map(len, parts)):
+        _index_transcripts(transcript_paths)  # its checks, as load_ratings makes them
+        from localpeer.score.columns import concat_checked
+
+        columns = concat_checked(parts)
+        if columns is not None:
+            log.info("%d ratings from %d files", len(columns), len(rating_paths))
+            return columns
+    ratings = load_ratings(paths, scale, ratings_files)
+    return rating_columns_of(ratings)
+
+
+def rating_columns_of(ratings: Sequence[Rating]) -> RatingColumns:
+    import numpy as np
+
+    return RatingColumns(*(Labels.of([getattr(r, key) for r in ratings])
+                           for key in ("model", "item", "judge", "dimension")),
+                         np.fromiter((r.score for r in ratings), np.int64, len(ratings)))
+
+
 def _check_dimensions(ratings: list[Rating]) -> None:
     """Dimensions are free strings, but ratings that use the rubric's letters (A, T, E, C)
     must use only them: localpeer defines that a stray name beside them is a typo (it would

@@ -27,15 +27,18 @@ def _console(quiet: bool):
     return Console(quiet=quiet)
 
 
-def ratings_arrays(ratings, dimensions: list[str]):
-    """Long-format arrays (models, items, judges, dimensions, scores) of the chosen dimensions."""
-    rows = [r for r in ratings if not dimensions or r.dimension in dimensions]
-    if not rows:
-        found = sorted({r.dimension for r in ratings})
-        raise InputError(f"no ratings for dimension(s) {', '.join(dimensions)}; "
-                         f"the ratings have {', '.join(found)}")
-    cols = list(zip(*((r.model, r.item, r.judge, r.dimension, r.score) for r in rows)))
-    return [np.asarray(c) for c in cols[:4]] + [np.asarray(cols[4], dtype=np.int64)]
+def ratings_arrays(columns, dimensions: list[str]):
+    """Long-format columns (models, items, judges, dimensions as `formats.Labels`, scores) of
+    the chosen dimensions, from `formats.RatingColumns`."""
+    if dimensions:
+        wanted = [k for k, name in enumerate(columns.dimension.names) if name in dimensions]
+        if not wanted:
+            found = sorted(columns.dimension.names)
+            raise InputError(f"no ratings for dimension(s) {', '.join(dimensions)}; "
+                             f"the ratings have {', '.join(found)}")
+        if len(wanted) < len(columns.dimension.names):
+            columns = columns.select(np.isin(columns.dimension.codes, wanted))
+    return columns.model, columns.item, columns.judge, columns.dimension, columns.score
 
 
 def _refuse_overwriting_inputs(args) -> None:
@@ -53,7 +56,7 @@ def _refuse_overwriting_inputs(args) -> None:
 
 
 def run_score(args) -> int:
-    from localpeer.formats import Scale, atomic_write_text, load_ratings
+    from localpeer.formats import Scale, atomic_write_text, load_rating_columns
     from localpeer.judge.calibrate import find_calibration, read_calibration
     from localpeer.report import render_score
     from localpeer.score.result import to_csv, to_json_dict
@@ -68,7 +71,7 @@ def run_score(args) -> int:
                          "`localpeer score transcripts/` (or --selftest)")
     scale = Scale.parse(args.scale)
     _refuse_overwriting_inputs(args)
-    ratings = load_ratings(list(args.paths), scale, list(args.ratings))
+    ratings = load_rating_columns(list(args.paths), scale, list(args.ratings))
     models, items, judges, dims, scores = ratings_arrays(ratings, args.dimension)
     console = _console(args.quiet)
     calibration = find_calibration(args.paths, getattr(args, "calibration", None))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from localpeer.errors import InputError
+from localpeer.formats import Labels
 
 STATUS_MAX = "extreme_max"
 STATUS_MIN = "extreme_min"
@@ -94,13 +95,17 @@ def connected_subsets(m, i, j, n_models, n_items, n_judges) -> list[np.ndarray]:
     return [np.flatnonzero(roots == r) for r in np.unique(roots)]
 
 
-def _codes(labels: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
-    """Names in first-seen order and the integer code of every rating."""
-    uniq, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+def _codes(labels) -> tuple[tuple[str, ...], np.ndarray]:
+    """Names in first-seen order and the integer code of every rating, from an array of
+    names or from `formats.Labels` (codes already: only integers are sorted, not strings)."""
+    coded = isinstance(labels, Labels)
+    uniq, first, inverse = np.unique(labels.codes if coded else np.asarray(labels),
+                                     return_index=True, return_inverse=True)
     order = np.argsort(first)
     rank = np.empty_like(order)
     rank[order] = np.arange(order.size)
-    return tuple(str(u) for u in uniq[order]), rank[inverse]
+    names = [labels.names[u] for u in uniq[order]] if coded else uniq[order]
+    return tuple(str(u) for u in names), rank[inverse]
 
 
 def _extremes(codes, n, scores, keep, lo, hi):
@@ -166,9 +171,9 @@ def build_design(dimension, models, items, judges, scores, scale_min, scale_max)
     scores = np.asarray(scores, dtype=np.int64)
     if scores.size == 0:
         raise InputError(f"dimension {dimension!r} has no ratings")
-    model_names, m = _codes(np.asarray(models))
-    item_names, i = _codes(np.asarray(items))
-    judge_names, j = _codes(np.asarray(judges))
+    model_names, m = _codes(models)
+    item_names, i = _codes(items)
+    judge_names, j = _codes(judges)
     sizes = (len(model_names), len(item_names), len(judge_names))
     values = np.arange(scale_min, scale_max + 1)
     category_counts = {int(v): int(c) for v, c in zip(values, np.bincount(scores - scale_min,

@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from localpeer.score.design import Design, build_design
+from localpeer.formats import Labels
+from localpeer.score.design import Design, _codes, build_design
 from localpeer.score.estimates import Estimates
 from localpeer.score.jml import fit_jml
 from localpeer.score.mml import fit_mml
@@ -116,31 +117,39 @@ def score_design(design: Design, estimator: str = "mml", quad_points: int = 7) -
     )
 
 
-def constant_judges(judges: np.ndarray, scores: np.ndarray) -> dict[str, tuple[int, int]]:
+def constant_judges(judges, scores: np.ndarray) -> dict[str, tuple[int, int]]:
     """Judges that gave one grade to all of their (at least two) ratings: judge -> (score, n).
     Such a judge cannot tell the replies apart, whatever its severity estimate says."""
-    out = {}
-    for judge in dict.fromkeys(judges.tolist()):
-        mine = scores[judges == judge]
-        if mine.size >= 2 and mine.min() == mine.max():
-            out[str(judge)] = (int(mine[0]), int(mine.size))
-    return out
+    names, codes = _codes(judges)
+    scores = np.asarray(scores, dtype=np.int64)
+    n = np.bincount(codes, minlength=len(names))
+    lo = np.full(len(names), np.iinfo(np.int64).max)
+    hi = np.full(len(names), np.iinfo(np.int64).min)
+    np.minimum.at(lo, codes, scores)
+    np.maximum.at(hi, codes, scores)
+    return {names[k]: (int(lo[k]), int(n[k])) for k in range(len(names))
+            if n[k] >= 2 and lo[k] == hi[k]}
+
+
+def _labels(values) -> Labels:
+    return values if isinstance(values, Labels) else Labels(*_codes(values))
 
 
 def score_arrays(models, items, judges, dimensions, scores, scale_min: int, scale_max: int,
                  estimator: str = "mml", quad_points: int = 7) -> ScoreResult:
     """Fit every dimension of long-format ratings (equal-length arrays)."""
-    dimensions = np.asarray(dimensions)
-    arrays = [np.asarray(a) for a in (models, items, judges)]
+    # Labels (integer codes) throughout: selecting and coding strings costs more than the fit
+    dim_names, dim_codes = _codes(dimensions)  # first-seen order
+    arrays = [_labels(a) for a in (models, items, judges)]
     scores = np.asarray(scores)
     results = {}
-    for dim in dict.fromkeys(dimensions.tolist()):  # first-seen order
-        sel = dimensions == dim
-        design = build_design(str(dim), *(a[sel] for a in arrays), scores[sel],
-                              scale_min, scale_max)
-        log.info("dimension %s: %d ratings, %s", dim, sel.sum(), estimator)
+    for k, dim in enumerate(dim_names):
+        sel = slice(None) if len(dim_names) == 1 else dim_codes == k
+        mine = [a[sel] for a in arrays]
+        design = build_design(str(dim), *mine, scores[sel], scale_min, scale_max)
+        log.info("dimension %s: %d ratings, %s", dim, design.n_total, estimator)
         result = score_design(design, estimator, quad_points)
-        constant = constant_judges(arrays[2][sel], scores[sel])
+        constant = constant_judges(mine[2], scores[sel])
         notes = [f"judge {j} gave {s} to all {n} ratings (degenerate): it cannot tell the "
                  "replies apart" for j, (s, n) in constant.items()]
         results[str(dim)] = replace(result, constant_judges=constant,
