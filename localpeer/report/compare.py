@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localpeer.dimensions import DIMS, NAMES, describe
+from localpeer.dimensions import DIMS, NAMES, describe, in_order
 from localpeer.rates import Paired, Rate, fisher_p, z_p
 from localpeer.report.sections import (
     Cell,
@@ -316,6 +316,12 @@ def selection_sections(inp: Inputs) -> list[Section]:
 
 # ---- θ and judges ------------------------------------------------------------------------
 
+def _score_dims(inp: Inputs) -> list[tuple[str, dict]]:
+    """The score JSON's dimensions in the registry's order (A, T, E, C, then any other)."""
+    dims = (inp.score or {}).get("dimensions", {})
+    return [(d, dims[d]) for d in in_order(dims)]
+
+
 def _calibration_of(inp: Inputs, judge: str, d: str) -> dict | None:
     return ((inp.calibration or {}).get("judges", {}).get(judge) or {}).get(d)
 
@@ -350,7 +356,7 @@ def theta_section(inp: Inputs) -> tuple[Section, list[Note]]:
                  "judge calibration", "ratings"],
                 numeric=[False, True, True, True, True, True, False, False, True])
     notes = []
-    for d, r in (inp.score or {}).get("dimensions", {}).items():
+    for d, r in _score_dims(inp):
         mb, mt = r["models"].get(inp.base), r["models"].get(inp.trained)
         diff_text, z_text, p_text, v = "—", "", "", Cell("no test", "muted")
         for c in r.get("comparisons", []):
@@ -383,7 +389,7 @@ def judges_section(inp: Inputs) -> Section:
                 "(golden graded above the dimension's reject, ties half)",
                 ["judge", "dim", "severity ± SE", "infit", "calibration", "flag"],
                 numeric=[False, False, True, True, True, False])
-    for d, r in (inp.score or {}).get("dimensions", {}).items():
+    for d, r in _score_dims(inp):
         for j, e in sorted(r.get("judges", {}).items()):
             c = _calibration_of(inp, j, d)
             flag = (c or {}).get("flag") or ("reversed" if (c or {}).get("reversed") else "")
@@ -396,7 +402,7 @@ def judges_section(inp: Inputs) -> Section:
 
 def wright_maps(inp: Inputs) -> list[WrightMap]:
     maps = []
-    for d, r in (inp.score or {}).get("dimensions", {}).items():
+    for d, r in _score_dims(inp):
         models = [WrightPoint(m, e["theta"], *e.get("ci95", (None, None)))
                   for m, e in r.get("models", {}).items() if "theta" in e]
         judges = [WrightPoint(j, e["severity"]) for j, e in r.get("judges", {}).items()
