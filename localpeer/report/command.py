@@ -31,8 +31,9 @@ def run_report(args) -> int:
     from rich.console import Console
 
     from localpeer.formats import atomic_write_text
-    from localpeer.report.compare import build, load_inputs, render
+    from localpeer.report.compare import build, load_inputs
     from localpeer.report.html import render_html
+    from localpeer.report.terminal import to_rich
 
     folder = Path(args.dir)
     if not folder.is_dir():
@@ -61,8 +62,9 @@ def run_report(args) -> int:
         raise InputError("nothing to report here: no score JSON, probe results, training run "
                          "or export (a folder from `just demo`, a run folder, or report.json "
                          "naming the parts; or pass --score/--probes/--run/--export)", folder)
-    Console(width=args.width).print(render(inp))
+    report = build(inp)  # built once, drawn twice
+    Console(width=args.width).print(to_rich(report))
     if args.html:  # the same Report drawn as a standalone page (tables, inline SVG plots)
-        atomic_write_text(Path(args.html), render_html(build(inp)))
+        atomic_write_text(Path(args.html), render_html(report))
         Console(stderr=True).print(f"wrote {args.html}")
     return 0
