@@ -212,7 +212,7 @@ def test_resume_with_an_incompatible_recipe_writes_nothing(tiny_model, tmp_path,
 def test_a_run_stopped_before_its_first_checkpoint_can_resume_or_restart(tiny_model, tmp_path,
                                                                           capsys):
     from localpeer.config import load_recipe
-    from localpeer.train.loop import prepare_run
+    from localpeer.train.rundir import prepare_run
 
     recipe = _train_recipe(tiny_model, tmp_path)
     run = prepare_run(load_recipe(recipe), resume=False)  # as a run killed at once leaves it

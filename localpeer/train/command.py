@@ -99,7 +99,7 @@ def run_train(args) -> int:
     console = Console()
     if args.dry_run:
         return dry_run(recipe, console)
-    from localpeer.train.loop import check_resume_recipe, restart_run
+    from localpeer.train.rundir import check_resume_recipe, restart_run
 
     if getattr(args, "restart", False):
         if args.resume:
