@@ -114,7 +114,7 @@ def run_calibrate(args) -> int:
 
     _check_tries(args.tries)
     from localpeer.progress import item_progress
-    from localpeer.report.score import calibration_view
+    from localpeer.report.calibration import calibration_view
 
     console = Console(stderr=True)
     rubrics = _parse_list(args.rubric, tuple(RUBRICS), "rubric")
