@@ -16,11 +16,11 @@ import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 from localpeer.errors import InputError, WorkFailed
+from localpeer.export.outdir import check_out_folder, listed_files, sigterm_unwinds
 from localpeer.formats import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def _publish(stages: Stages, side: Alongside, out: Path, work: Path, keep: dict[
         + [_file_entry(work / "Modelfile", "Modelfile")],
         "notes": notes, "parity": report.to_dict(), "timings_s": stages.timings,
         "alongside_s": side.timings}
-    old = _listed_files(out)
+    old = listed_files(out)
     for p in [*keep.values(), work / "Modelfile"]:
         os.replace(p, out / p.name)
     atomic_write_text(out / "export.json", json.dumps(info, indent=1) + "\n")
@@ -279,61 +279,6 @@ def _publish(stages: Stages, side: Alongside, out: Path, work: Path, keep: dict[
     for name_ in old - {f["file"] for f in info["files"]}:
         (out / name_).unlink(missing_ok=True)
     return info
-
-
-def _listed_files(out: Path) -> set[str]:
-    """The files the folder's export.json lists (none when there is none, or it is unreadable)."""
-    try:
-        info = json.loads((out / "export.json").read_text())
-        return {Path(f["file"]).name for f in info["files"]}
-    except (OSError, ValueError, KeyError, TypeError):
-        return set()
-
-
-def check_out_folder(out: Path, run: Path, force: bool) -> None:
-    """Refuse, unless --force, an output folder that holds another run's export (its
-    export.json names another run_dir) or GGUF files that no export.json lists."""
-    if not out.is_dir():
-        return
-    try:
-        info = json.loads((out / "export.json").read_text())
-        other = info.get("sources", {}).get("run_dir")
-    except (OSError, ValueError, AttributeError):
-        info, other = None, None
-    listed = _listed_files(out)
-    strays = sorted(p.name for p in out.glob("*.gguf") if p.name not in listed)
-    problem = None
-    if other is not None and Path(other).resolve() != run.resolve():
-        problem = f"it holds the export of another run ({other})"
-    elif strays:
-        problem = f"it holds GGUF files no export.json lists ({', '.join(strays[:3])})"
-    if problem and not force:
-        raise InputError(f"--out: {problem}; choose another --out, or pass --force to replace "
-                         "its exported files", out)
-    if problem and force:  # replaced as one unit when the new export is published
-        for name_ in strays:
-            (out / name_).unlink()
-
-
-@contextmanager
-def _sigterm_unwinds():
-    """SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C, so the `finally` that removes the
-    work folder runs; outside the main thread nothing changes."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise SystemExit(143)
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _export(args, run: Path, adapter: Path, out: Path, name: str, quants: tuple[str, ...],
@@ -461,7 +406,7 @@ def run_export(args) -> int:
         info = _check_only(run, adapter, out, stages)
     else:
         check_out_folder(out, run, getattr(args, "force", False))
-        with _sigterm_unwinds():
+        with sigterm_unwinds():
             info = _export(args, run, adapter, out, name, quants, stages)
     if not stages.quiet:
         console.print(f"[bold green]export {'check ' if args.check_only else ''}passed[/]: "
