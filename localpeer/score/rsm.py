@@ -21,6 +21,9 @@ def cumulative_tau(tau: np.ndarray) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(tau)])
 
 
+CHUNK = 1 << 15  # ratings per block: the (K, block) temporaries stay in cache, 1.4x at 1M
+
+
 def _logits(eta: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(K, N) category logits shifted by their column maximum, and that maximum (N,).
 
@@ -34,11 +37,19 @@ def _logits(eta: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return logits, top
 
 
+def _blocks(n: int):
+    for lo in range(0, n, CHUNK):
+        yield slice(lo, min(lo + CHUNK, n))
+
+
 def logprob_of(eta: np.ndarray, tau: np.ndarray, x: np.ndarray) -> np.ndarray:
     """(N,) log P(X = x | eta): the log-likelihood of each rating, without the other moments."""
-    logits, top = _logits(eta, tau)
     cum = cumulative_tau(tau)
-    return eta * x - cum[x] - top - np.log(np.exp(logits, out=logits).sum(axis=0))
+    out = np.empty(eta.size)
+    for b in _blocks(eta.size):
+        logits, top = _logits(eta[b], tau)
+        out[b] = eta[b] * x[b] - cum[x[b]] - top - np.log(np.exp(logits, out=logits).sum(axis=0))
+    return out
 
 
 def _probs_kn(eta: np.ndarray, tau: np.ndarray) -> np.ndarray:
@@ -58,7 +69,7 @@ class Moments:
     """What the likelihood derivatives need, per rating. Arrays are category-major (K, N):
     this is the inner loop of every estimator."""
 
-    probs: np.ndarray  # (K, N) P(X=k)
+    probs: np.ndarray | None  # (K, N) P(X=k); None from loglik_and_moments
     expected: np.ndarray  # (N,) E[X]
     variance: np.ndarray  # (N,) Var[X], the information about eta
     tail: np.ndarray  # (K-1, N) P(X >= h) for h = 1..K-1
@@ -67,21 +78,66 @@ class Moments:
 
 def moments(eta: np.ndarray, tau: np.ndarray) -> Moments:
     """Category probabilities and moments at eta (N,) for thresholds tau (K-1,)."""
-    probs = _probs_kn(eta, tau)
+    return _moments(eta, tau, None)[1]
+
+
+def loglik_and_moments(eta: np.ndarray, tau: np.ndarray, x: np.ndarray) -> tuple[float, Moments]:
+    """The log-likelihood of ratings x (N,) and the moments at eta, from one pass.
+
+    log P(x) = x eta - cum[x] - (shift + log Z): the last term is summed block by block, so a
+    Newton iterate costs one pass over the ratings instead of two. The derivatives do not need
+    the category probabilities, so they are not kept (`probs` is None): 40 MB a pass at 1M."""
+    log_norm, mom = _moments(eta, tau, x)
+    cum = cumulative_tau(tau)
+    counts = np.bincount(x, minlength=cum.size)
+    return float(x @ eta - counts @ cum - log_norm), mom
+
+
+def _moments(eta, tau, x) -> tuple[float, Moments]:
+    """Moments block by block into full-size arrays; with x, also sum(shift + log Z) and no
+    probabilities."""
+    K, N = tau.size + 1, eta.size
+    probs = np.empty((K, N)) if x is None else None
+    expected, variance = np.empty(N), np.empty(N)
+    tail, cov_x_tail = np.empty((K - 1, N)), np.empty((K - 1, N))
+    log_norm = 0.0
+    for b in _blocks(N):
+        logits, top = _logits(eta[b], tau)
+        p = logits if probs is None else probs[:, b]
+        np.exp(logits, out=p)
+        norm = p.sum(axis=0)
+        p /= norm
+        if x is not None:
+            log_norm += float(top.sum() + np.log(norm).sum())
+        _tail_moments(p, tail[:, b], cov_x_tail[:, b], expected[b], variance[b])
+    return log_norm, Moments(probs, expected, variance, tail, cov_x_tail)
+
+
+def _tail_moments(probs, tail, cov_x_tail, expected, variance) -> None:
+    """Fill P(X >= h), E[X], Var[X] and Cov(X, 1[X >= h]) of one block, in place."""
     K = probs.shape[0]
+    k_tail = cov_x_tail  # E[X 1[X >= h]] first, made a covariance at the end
     # reverse cumulative sums give P(X >= h) and E[X 1[X >= h]], h = K-1 down to 1
-    tail = np.empty((K - 1, eta.size))
-    k_tail = np.empty((K - 1, eta.size))
     tail[K - 2] = probs[K - 1]
-    k_tail[K - 2] = (K - 1) * probs[K - 1]
+    np.multiply(probs[K - 1], K - 1, out=k_tail[K - 2])
     for h in range(K - 3, -1, -1):
         np.add(tail[h + 1], probs[h + 1], out=tail[h])
-        k_tail[h] = k_tail[h + 1] + (h + 1) * probs[h + 1]
-    expected = tail.sum(axis=0)  # E[X] = sum_h P(X >= h)
+        np.add(k_tail[h + 1], (h + 1) * probs[h + 1], out=k_tail[h])
+    tail.sum(axis=0, out=expected)  # E[X] = sum_h P(X >= h)
     second = k_tail.sum(axis=0)  # E[X^2] = sum_h E[X 1[X >= h]], each k counted k times
-    variance = np.maximum(second - expected**2, 1e-300)
-    cov_x_tail = k_tail - expected * tail
-    return Moments(probs, expected, variance, tail, cov_x_tail)
+    np.maximum(second - expected**2, 1e-300, out=variance)
+    k_tail -= expected * tail
+
+
+def mean_variance(eta: np.ndarray, tau: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(E[X], Var[X]), each (N,), without the tail moments (the bias terms need only these)."""
+    expected, variance = np.empty(eta.size), np.empty(eta.size)
+    for b in _blocks(eta.size):
+        probs = _probs_kn(eta[b], tau)
+        k = np.arange(probs.shape[0], dtype=float)
+        np.dot(k, probs, out=expected[b])
+        np.maximum(np.dot(k * k, probs) - expected[b] ** 2, 1e-300, out=variance[b])
+    return expected, variance
 
 
 def central_moments(probs: np.ndarray, expected: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

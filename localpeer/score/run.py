@@ -18,13 +18,13 @@ from localpeer.formats import Labels
 from localpeer.score.design import Design, _codes, build_design
 from localpeer.score.estimates import Estimates
 from localpeer.score.jml import fit_jml
-from localpeer.score.mml import fit_mml
 from localpeer.score.result import DimensionResult, ElementResult, ScoreResult, ThresholdResult
 from localpeer.score.rsm import expected_score
 from localpeer.score.stats import (
     bias_terms,
     comparisons,
     fit_statistics,
+    rating_fit,
     rating_moments,
     separation,
 )
@@ -39,6 +39,8 @@ def fit(design: Design, estimator: str = "mml", quad_points: int = 7) -> Estimat
     if estimator == "jml":
         return fit_jml(design)
     if estimator == "mml":
+        from localpeer.score.mml import fit_mml  # scipy.special: a tenth of a second to import
+
         return fit_mml(design, quad_points=quad_points)
     raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
 
@@ -82,9 +84,10 @@ def score_design(design: Design, estimator: str = "mml", quad_points: int = 7) -
     est = fit(design, estimator, quad_points)
     mom = rating_moments(design, est)
     M, I, J = len(design.models.kept), len(design.items.kept), len(design.judges.kept)
-    fit_m = fit_statistics(design.m, M, design.x, mom)
-    fit_j = fit_statistics(design.j, J, design.x, mom)
-    fit_i = fit_statistics(design.i, I, design.x, mom)
+    parts = rating_fit(design.x, mom)
+    fit_m = fit_statistics(design.m, M, design.x, mom, parts)
+    fit_j = fit_statistics(design.j, J, design.x, mom, parts)
+    fit_i = fit_statistics(design.i, I, design.x, mom, parts)
     fair = expected_score(est.theta, est.tau, design.category_values)
     models = _elements(design.models, est.theta, est.theta_se, fit_m, fair)
     judges = _elements(design.judges, est.rho, est.rho_se, fit_j)

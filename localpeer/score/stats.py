@@ -19,7 +19,7 @@ import numpy as np
 
 from localpeer.score.design import Design
 from localpeer.score.estimates import Estimates
-from localpeer.score.rsm import Moments, central_moments, moments
+from localpeer.score.rsm import Moments, central_moments, mean_variance, moments
 
 
 @dataclass(frozen=True)
@@ -68,19 +68,39 @@ def _wilson_hilferty(ms: np.ndarray, q: np.ndarray) -> np.ndarray:
     return (np.cbrt(ms) - 1.0) * (3.0 / q) + q / 3.0
 
 
-def fit_statistics(codes: np.ndarray, n_elements: int, x: np.ndarray, mom: Moments) -> FitStats:
-    """Infit and outfit of every element of a facet (codes: the facet's code per rating)."""
-    resid2 = (x - mom.expected) ** 2
-    V, C = central_moments(mom.probs, mom.expected)
+def fit_statistics(codes: np.ndarray, n_elements: int, x: np.ndarray, mom: Moments,
+                   parts: RatingFit | None = None) -> FitStats:
+    """Infit and outfit of every element of a facet (codes: the facet's code per rating);
+    `parts` (from `rating_fit`) saves recomputing the per-rating terms for every facet."""
+    parts = parts or rating_fit(x, mom)
     n = np.bincount(codes, minlength=n_elements).astype(float)
-    sum_v = np.bincount(codes, V, n_elements)
+    sum_v = np.bincount(codes, parts.variance, n_elements)
     with np.errstate(divide="ignore", invalid="ignore"):
-        outfit = np.bincount(codes, resid2 / V, n_elements) / n
-        infit = np.bincount(codes, resid2, n_elements) / sum_v
-        q_out = np.sqrt(np.maximum(np.bincount(codes, C / V**2, n_elements) / n**2 - 1 / n, 0))
-        q_in = np.sqrt(np.maximum(np.bincount(codes, C - V**2, n_elements), 0)) / sum_v
+        outfit = np.bincount(codes, parts.z2, n_elements) / n
+        infit = np.bincount(codes, parts.resid2, n_elements) / sum_v
+        q_out = np.sqrt(np.maximum(np.bincount(codes, parts.kurt_out, n_elements) / n**2 - 1 / n,
+                                   0))
+        q_in = np.sqrt(np.maximum(np.bincount(codes, parts.kurt_in, n_elements), 0)) / sum_v
         return FitStats(infit, outfit, _wilson_hilferty(infit, q_in),
                         _wilson_hilferty(outfit, q_out), n.astype(int))
+
+
+@dataclass(frozen=True)
+class RatingFit:
+    """Per-rating terms of the fit mean-squares, the same for every facet."""
+
+    resid2: np.ndarray  # (x - E)^2
+    variance: np.ndarray  # V, from deviations
+    z2: np.ndarray  # (x - E)^2 / V
+    kurt_out: np.ndarray  # C / V^2
+    kurt_in: np.ndarray  # C - V^2
+
+
+def rating_fit(x: np.ndarray, mom: Moments) -> RatingFit:
+    resid2 = (x - mom.expected) ** 2
+    V, C = central_moments(mom.probs, mom.expected)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return RatingFit(resid2, V, resid2 / V, C / V**2, C - V**2)
 
 
 def separation(measures: np.ndarray, ses: np.ndarray) -> Separation:
@@ -109,14 +129,14 @@ def bias_terms(d: Design, est: Estimates, max_iter: int = 50):
     extreme = (n > 0) & ((n_top == n) | (n_bottom == n))
     b = np.zeros(M * J)
     for _ in range(max_iter):
-        mom = moments(eta + b[pair], est.tau)
-        info = np.bincount(pair, mom.variance, M * J)
-        resid = np.bincount(pair, d.x - mom.expected, M * J)
+        expected, variance = mean_variance(eta + b[pair], est.tau)
+        info = np.bincount(pair, variance, M * J)
+        resid = np.bincount(pair, d.x - expected, M * J)
         step = np.where(n > 0, resid / np.maximum(info, 1e-12), 0.0)
         b = np.where(extreme, 0.0, b + np.clip(step, -1.0, 1.0))
         if np.abs(step[~extreme]).max(initial=0.0) < 1e-8:
             break
-    info = np.bincount(pair, moments(eta + b[pair], est.tau).variance, M * J)
+    info = np.bincount(pair, mean_variance(eta + b[pair], est.tau)[1], M * J)
     terms, notes = [], []
     for k in np.flatnonzero(n > 0):
         judge, model = d.judges.kept[k // M], d.models.kept[k % M]
