@@ -77,6 +77,14 @@ class Design:
         return self.i * len(self.judges.kept) + self.j
 
     @cached_property
+    def item_at_least(self) -> np.ndarray:
+        """(I, K-1) how many of each prompt's ratings are at category h or above."""
+        counts = np.bincount(self.i * self.n_categories + self.x,
+                             minlength=len(self.items.kept) * self.n_categories)
+        per_item = counts.reshape(-1, self.n_categories)
+        return np.cumsum(per_item[:, ::-1], axis=1)[:, ::-1][:, 1:].astype(float)
+
+    @cached_property
     def at_least(self) -> np.ndarray:
         """(K-1,) how many ratings are at category h or above, h = 1..K-1."""
         counts = np.bincount(self.x, minlength=self.n_categories)

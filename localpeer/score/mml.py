@@ -30,8 +30,8 @@ from scipy.special import logsumexp, softmax
 
 from localpeer.score.design import Design
 from localpeer.score.estimates import Estimates
-from localpeer.score.jml import fit_jml, small_information
-from localpeer.score.rsm import logprob_of, moments
+from localpeer.score.jml import fit_jml, small_block
+from localpeer.score.rsm import logprob_of, mean_variance, moments, tau_information
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,14 @@ def place_nodes(d: Design, p: _Params, start: np.ndarray, I: int) -> _Nodes:
     prec = 1.0 / p.sigma**2
     mode = start.copy()
     for _ in range(50):
-        mom = moments(base - mode[d.i], p.tau)
-        grad = -np.bincount(d.i, d.x - mom.expected, I) - mode * prec
-        info = np.bincount(d.i, mom.variance, I) + prec
+        expected, variance = mean_variance(base - mode[d.i], p.tau)
+        grad = -np.bincount(d.i, d.x - expected, I) - mode * prec
+        info = np.bincount(d.i, variance, I) + prec
         step = np.clip(grad / info, -2.0, 2.0)
         mode = mode + step
         if np.abs(step).max() < 1e-9:
             break
-    info = np.bincount(d.i, moments(base - mode[d.i], p.tau).variance, I) + prec
+    info = np.bincount(d.i, mean_variance(base - mode[d.i], p.tau)[1], I) + prec
     return _Nodes(mode, 1.0 / np.sqrt(info))
 
 
@@ -98,7 +98,7 @@ def node_logliks(d: Design, p: _Params, nodes: _Nodes, z, log_w, I: int):
     deltas = nodes.delta(z)
     terms = np.empty_like(deltas)
     for q in range(z.size):
-        logp = logprob_of(base - deltas[d.i, q], p.tau, d.x)
+        logp = logprob_of(base - np.ascontiguousarray(deltas[:, q])[d.i], p.tau, d.x)
         terms[:, q] = np.bincount(d.i, logp, I)
     # prior N(0, sigma^2) over the standard-normal weights the rule integrates against
     terms += log_w[None, :] - 0.5 * deltas**2 / p.sigma**2
@@ -114,16 +114,20 @@ def node_scores(d: Design, p: _Params, nodes: _Nodes, z, post, M, J, K1, I):
     deltas = nodes.delta(z)
     scores = np.zeros((I, z.size, S))
     info = np.zeros((S, S))
-    at_least = d.x[:, None] >= np.arange(1, K1 + 1)
+    # posterior-weighted sums over the nodes, turned into the small block once at the end
+    V_sum, cx_sum, tau_sum = np.zeros(d.x.size), np.zeros((K1, d.x.size)), np.zeros((K1, K1))
     for q in range(z.size):
-        mom = moments(base - deltas[d.i, q], p.tau)
+        mom = moments(base - np.ascontiguousarray(deltas[:, q])[d.i], p.tau, keep_probs=False)
         resid = d.x - mom.expected
-        scores[:, q, :M] = np.bincount(d.i * M + d.m, resid, I * M).reshape(I, M)
-        scores[:, q, M : M + J] = -np.bincount(d.i * J + d.j, resid, I * J).reshape(I, J)
+        scores[:, q, :M] = np.bincount(d.item_model, resid, I * M).reshape(I, M)
+        scores[:, q, M : M + J] = -np.bincount(d.item_judge, resid, I * J).reshape(I, J)
         for h in range(K1):
-            scores[:, q, M + J + h] = np.bincount(d.i, mom.tail[h] - at_least[:, h], I)
-        w = post[d.i, q]
-        info[: S - 1, : S - 1] += small_information(d, mom, M, J, w)
+            scores[:, q, M + J + h] = np.bincount(d.i, mom.tail[h], I) - d.item_at_least[:, h]
+        w = np.ascontiguousarray(post[:, q])[d.i]
+        V_sum += mom.variance * w
+        cx_sum += mom.cov_x_tail * w
+        tau_sum += tau_information(mom.tail, w)
+    info[: S - 1, : S - 1] = small_block(d, V_sum, cx_sum, tau_sum, M, J)
     ratio = deltas**2 / p.sigma**2
     scores[:, :, S - 1] = ratio - 1.0  # d/d(log sigma) of the prior term at a fixed node
     info[S - 1, S - 1] = float((post * 2.0 * ratio).sum())
@@ -189,9 +193,10 @@ def fit_mml(d: Design, quad_points: int = 7, tol: float = 1e-6, max_iter: int = 
     p = _start(d, M, J, K1, I)
     nodes = place_nodes(d, p, np.zeros(I), I)
     ll, post = _evaluate(d, p, nodes, z, log_w, dims)
-    converged, it, max_grad = False, 0, np.inf
+    converged, it, max_grad, at_p = False, 0, np.inf, None
     for it in range(1, max_iter + 1):
-        grad, info, _, _ = _grad_hess(d, p, nodes, z, post, dims, A)
+        at_p = _grad_hess(d, p, nodes, z, post, dims, A)
+        grad, info = at_p[:2]
         max_grad = float(np.abs(grad).max())
         if max_grad < tol:
             converged = True
@@ -207,12 +212,15 @@ def fit_mml(d: Design, quad_points: int = 7, tol: float = 1e-6, max_iter: int = 
             t /= 2
         p, nodes, ll, post = trial, trial_nodes, ll_trial, post_trial
         log.debug("mml iter %d loglik %.6f max|grad| %.2e sigma %.4f", it, ll, max_grad, p.sigma)
-    return _finish(d, p, nodes, z, post, dims, A, ll, it, max_grad, converged, max_iter)
+    # converged: the last gradient and information were taken at the returned point
+    at_p = at_p if converged else _grad_hess(d, p, nodes, z, post, dims, A)
+    return _finish(d, p, nodes, z, post, dims, A, at_p, ll, it, max_grad, converged, max_iter)
 
 
-def _finish(d, p, nodes, z, post, dims, A, ll, it, max_grad, converged, max_iter) -> Estimates:
+def _finish(d, p, nodes, z, post, dims, A, at_p, ll, it, max_grad, converged,
+            max_iter) -> Estimates:
     M, J, K1, I = dims
-    grad, info, scores, mean_score = _grad_hess(d, p, nodes, z, post, dims, A)
+    grad, info, scores, mean_score = at_p
     cov_free = np.linalg.pinv(info)
     cov_full = A @ cov_free @ A.T
     deltas = nodes.delta(z)

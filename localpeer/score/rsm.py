@@ -76,9 +76,10 @@ class Moments:
     cov_x_tail: np.ndarray  # (K-1, N) Cov(X, 1[X >= h])
 
 
-def moments(eta: np.ndarray, tau: np.ndarray) -> Moments:
-    """Category probabilities and moments at eta (N,) for thresholds tau (K-1,)."""
-    return _moments(eta, tau, None)[1]
+def moments(eta: np.ndarray, tau: np.ndarray, keep_probs: bool = True) -> Moments:
+    """Category probabilities and moments at eta (N,) for thresholds tau (K-1,); derivatives
+    need no probabilities (keep_probs=False saves writing K x N numbers)."""
+    return _moments(eta, tau, None, keep_probs)[1]
 
 
 def loglik_and_moments(eta: np.ndarray, tau: np.ndarray, x: np.ndarray) -> tuple[float, Moments]:
@@ -87,17 +88,16 @@ def loglik_and_moments(eta: np.ndarray, tau: np.ndarray, x: np.ndarray) -> tuple
     log P(x) = x eta - cum[x] - (shift + log Z): the last term is summed block by block, so a
     Newton iterate costs one pass over the ratings instead of two. The derivatives do not need
     the category probabilities, so they are not kept (`probs` is None): 40 MB a pass at 1M."""
-    log_norm, mom = _moments(eta, tau, x)
+    log_norm, mom = _moments(eta, tau, x, keep_probs=False)
     cum = cumulative_tau(tau)
     counts = np.bincount(x, minlength=cum.size)
     return float(x @ eta - counts @ cum - log_norm), mom
 
 
-def _moments(eta, tau, x) -> tuple[float, Moments]:
-    """Moments block by block into full-size arrays; with x, also sum(shift + log Z) and no
-    probabilities."""
+def _moments(eta, tau, x, keep_probs) -> tuple[float, Moments]:
+    """Moments block by block into full-size arrays; with x, also sum(shift + log Z)."""
     K, N = tau.size + 1, eta.size
-    probs = np.empty((K, N)) if x is None else None
+    probs = np.empty((K, N)) if keep_probs else None
     expected, variance = np.empty(N), np.empty(N)
     tail, cov_x_tail = np.empty((K - 1, N)), np.empty((K - 1, N))
     log_norm = 0.0
@@ -120,9 +120,11 @@ def _tail_moments(probs, tail, cov_x_tail, expected, variance) -> None:
     # reverse cumulative sums give P(X >= h) and E[X 1[X >= h]], h = K-1 down to 1
     tail[K - 2] = probs[K - 1]
     np.multiply(probs[K - 1], K - 1, out=k_tail[K - 2])
+    scratch = np.empty_like(expected)
     for h in range(K - 3, -1, -1):
         np.add(tail[h + 1], probs[h + 1], out=tail[h])
-        np.add(k_tail[h + 1], (h + 1) * probs[h + 1], out=k_tail[h])
+        np.multiply(probs[h + 1], h + 1, out=scratch)
+        np.add(k_tail[h + 1], scratch, out=k_tail[h])
     tail.sum(axis=0, out=expected)  # E[X] = sum_h P(X >= h)
     second = k_tail.sum(axis=0)  # E[X^2] = sum_h E[X 1[X >= h]], each k counted k times
     np.maximum(second - expected**2, 1e-300, out=variance)
