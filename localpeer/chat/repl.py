@@ -191,6 +191,10 @@ def repl(chat: Chat) -> None:
 def run_chat(args) -> int:
     from rich.console import Console
 
+    from localpeer.deps import need
+
+    need("llama_cpp", why="chat runs the GGUF on llama.cpp")
+
     console = Console(highlight=False)
     sampler = Sampler(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                       repeat_penalty=args.repeat_penalty, max_tokens=args.max_tokens,

@@ -26,9 +26,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from localpeer.chat.template import ChatTemplate
+from localpeer.deps import require
 from localpeer.errors import InputError
 
 log = logging.getLogger(__name__)
+GGUF_RUNS = "a local GGUF runs on llama.cpp"  # what needs llama-cpp-python, for its hint
 DEFAULT_CTX_CAP = 8192  # a 128k-context GGUF would otherwise allocate a KV cache of many GB
 MIN_REPLY_TOKENS = 16  # below this room for the reply, a turn does not fit at all
 
@@ -163,7 +165,7 @@ class Engine:
                grammar=None, temperature: float | None = None) -> Iterator[str]:
         """Text pieces of the reply as tokens arrive (UTF-8 split across tokens is held back
         until complete); self.stats describes the last generation."""
-        import llama_cpp
+        llama_cpp = require("llama_cpp")
 
         s = self.sampler
         limit = max_tokens or s.max_tokens
@@ -200,9 +202,7 @@ def load_engine(path: Path, ctx: int = 0, sampler: Sampler | None = None,
                 threads: int | None = None) -> Engine:
     """The GGUF on llama.cpp with a context of `ctx` tokens (0: the model's trained context,
     capped at DEFAULT_CTX_CAP) and its chat template checked."""
-    from localpeer.deps import require
-
-    llama_cpp = require("llama_cpp", "gguf")
+    llama_cpp = require("llama_cpp", why=GGUF_RUNS)
     path = check_gguf(path)
     with _quiet_stderr():  # llama.cpp prints a context warning for the vocab-only probe
         probe = _open_llama(llama_cpp, path, n_ctx=64, vocab_only=True)
@@ -226,11 +226,10 @@ def _open_llama(llama_cpp, path: Path, **kw):
     """llama_cpp.Llama, with its failures on a bad file turned into input errors: a truncated
     or header-only GGUF (llama.cpp cannot load it) and a chat template that is not valid Jinja
     (llama-cpp-python compiles it while loading, before localpeer's sandboxed check)."""
-    from jinja2 import TemplateError
-
+    jinja2 = require("jinja2")
     try:
         return llama_cpp.Llama(model_path=str(path), verbose=False, **kw)
-    except TemplateError as e:
+    except jinja2.TemplateError as e:
         raise InputError(f"the chat template in this GGUF is not valid Jinja ({type(e).__name__}"
                          f": {e}); fix tokenizer.chat_template in the GGUF", path) from None
     except ValueError as e:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from localpeer.deps import require
 from localpeer.errors import InputError
 
 # what llama.cpp itself falls back to when a GGUF has no template
@@ -81,12 +82,10 @@ class ChatTemplate:
         return template
 
     def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        from jinja2 import TemplateError
-        from jinja2.exceptions import SecurityError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                           extensions=["jinja2.ext.loopcontrols"])
+        jinja2 = require("jinja2", why="a chat template is Jinja")
+        sandbox = require("jinja2.sandbox")
+        env = sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                    extensions=["jinja2.ext.loopcontrols"])
         env.globals.update(raise_exception=_raise_exception, range=_bounded_range([0]),
                            strftime_now=lambda fmt: datetime.now().strftime(fmt))
         where = f"the chat template in {self.path}" if self.path else "the chat template"
@@ -98,13 +97,13 @@ class ChatTemplate:
             why = f"{where} was stopped and refused: {e}"
             raise InputError(why + "; a chat template renders one conversation as text, use a "
                              "GGUF with an ordinary template") from None
-        except SecurityError as e:
+        except jinja2.exceptions.SecurityError as e:
             raise InputError(f"{where} tried to reach Python internals and was refused, not run "
                              f"({e}); use a GGUF whose tokenizer.chat_template is plain Jinja, or "
                              "re-export the model") from None
         except _TemplateRaised as e:
             raise InputError(f"{where} rejected the conversation: {e}") from None
-        except TemplateError as e:
+        except jinja2.TemplateError as e:
             raise InputError(f"{where} does not render ({type(e).__name__}: {e}); fix "
                              "tokenizer.chat_template in the GGUF") from None
 

@@ -217,7 +217,7 @@ class LlamaTeacher:
                  n_threads: int | None = None):
         from localpeer.deps import require
 
-        llama_cpp = require("llama_cpp", "gguf")
+        llama_cpp = require("llama_cpp", why="the teacher GGUF runs on llama.cpp")
         if not Path(gguf).is_file():
             raise InputError("no such teacher GGUF", gguf)
         self.llama_cpp = llama_cpp

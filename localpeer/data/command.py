@@ -105,15 +105,13 @@ def _token_counter(path: Path | None):
     if path is None:
         return None
     path = Path(path)
-    if path.suffix == ".gguf":
-        from localpeer.deps import require
-
-        llama_cpp = require("llama_cpp", "gguf")
-        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        return lambda text: len(vocab.tokenize(text.encode(), add_bos=False))
     from localpeer.deps import require
 
-    transformers = require("transformers", "train")
+    if path.suffix == ".gguf":
+        llama_cpp = require("llama_cpp", why="counting tokens with a GGUF")
+        vocab = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+        return lambda text: len(vocab.tokenize(text.encode(), add_bos=False))
+    transformers = require("transformers", why="counting tokens with an HF tokenizer")
     tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
@@ -129,9 +127,10 @@ def run_stats(args) -> int:
 
 def run_build(args) -> int:
     from localpeer.data.build import LlamaTeacher, build, read_seeds
-    from localpeer.deps import embedded_smollm2_gguf
+    from localpeer.deps import embedded_smollm2_gguf, need
     from localpeer.report import build_progress, render_build_summary
 
+    need("llama_cpp", why="data build runs the teacher GGUF on llama.cpp")
     seeds = read_seeds(Path(args.seeds))
     if args.limit:
         seeds = seeds[: args.limit]

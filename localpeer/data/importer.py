@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from localpeer.data.personaknob import COLUMNS, DIMS, SPLITS, Record, hashed_split, record_from_json
+from localpeer.deps import require
 from localpeer.errors import InputError
 from localpeer.formats import jsonl_records
 
@@ -27,13 +28,6 @@ log = logging.getLogger(__name__)
 REQUIRED = ("mask", "seed_scene", "context", "trigger", "prompt", "golden")
 KNOWN = (*COLUMNS, "id", "split", "responses", "meta")
 SOURCE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
-
-
-def _needs_pyarrow(what: str):
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise InputError(f"reading {what} needs pyarrow: pip install pyarrow") from None
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
@@ -58,10 +52,8 @@ def _table_rows(table) -> Iterator[tuple[int, dict]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    _needs_pyarrow("Parquet")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    pa = require("pyarrow", why="reading Parquet")
+    pq = require("pyarrow.parquet", why="reading Parquet")
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
@@ -73,8 +65,9 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, dict]]:
 def _datasets_folder_rows(folder: Path) -> Iterator[tuple[str, Path, int, dict]]:
     """(split name, file, row, record) from a `save_to_disk` folder (Dataset or DatasetDict)."""
     try:
-        import datasets
-    except ImportError:
+        datasets = require("datasets")
+    except InputError as e:  # not installed (or broken): its Arrow files are read directly
+        log.debug("%s", e)
         datasets = None
     if datasets is not None:
         loaded = datasets.load_from_disk(str(folder))
@@ -83,9 +76,7 @@ def _datasets_folder_rows(folder: Path) -> Iterator[tuple[str, Path, int, dict]]
             for k, row in enumerate(ds, 1):
                 yield split, folder / (split or ""), k, row
         return
-    _needs_pyarrow("a datasets folder without the datasets package")
-    import pyarrow as pa
-
+    pa = require("pyarrow", why="reading a datasets folder without the datasets package")
     for arrow in sorted(folder.rglob("*.arrow")):
         split = arrow.parent.name if arrow.parent != folder else None
         with pa.memory_map(str(arrow)) as source:

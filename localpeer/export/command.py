@@ -19,12 +19,16 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from localpeer.deps import need, require
 from localpeer.errors import InputError, WorkFailed
 from localpeer.export.outdir import check_out_folder, listed_files, sigterm_unwinds
 from localpeer.formats import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 GGUF_ROOT = Path("models") / "gguf"
+# the merge and the HF reference (train); the conversion, the parity check and converting the
+# embedded default on first use (gguf)
+EXPORT_MODULES = ("torch", "transformers", "peft", "safetensors", "llama_cpp", "gguf")
 
 
 def adapter_sha256(adapter_dir: Path) -> str:
@@ -135,12 +139,12 @@ class Stages:
 
 def _reference(stages: Stages, model, base_dir: Path):
     """(tokenizer, parity.Reference): the probes through the HF tokenizer and model."""
-    from transformers import AutoTokenizer
-
     from localpeer.export.parity import hf_reference
 
+    transformers = require("transformers")
+
     def reference():
-        tok = AutoTokenizer.from_pretrained(base_dir)
+        tok = transformers.AutoTokenizer.from_pretrained(base_dir)
         return tok, hf_reference(model, tok)
 
     return stages.run("HF reference logits", reference)
@@ -149,10 +153,9 @@ def _reference(stages: Stages, model, base_dir: Path):
 def _import_merge_libraries() -> None:
     """torch, transformers and peft, which the merge and the HF reference need (and nothing
     else in an export): its own stage so that its cost is visible."""
-    import peft  # noqa: F401
-    import torch
-    import transformers  # noqa: F401
-
+    torch = require("torch")
+    require("transformers")
+    require("peft")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
@@ -386,6 +389,8 @@ def _summary(console, out: Path, info: dict) -> None:
 
 
 def run_export(args) -> int:
+    # before anything else: a missing package is told before any folder is made or work done
+    need(*EXPORT_MODULES, why="export merges the adapter and converts the model to GGUF")
     from rich.console import Console
 
     from localpeer.export.converter import check_llama_cpp_version

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from localpeer.deps import require
 from localpeer.errors import InputError, WorkFailed
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ def fetch_converter(cache: Path | None = None, version: str = LLAMA_CPP_PYTHON_V
 
 def check_llama_cpp_version() -> str:
     """The installed llama-cpp-python version; it must match the pinned converter."""
-    import llama_cpp
+    llama_cpp = require("llama_cpp", why="export converts to GGUF")
 
     if llama_cpp.__version__ != LLAMA_CPP_PYTHON_VERSION:
         raise InputError(f"llama-cpp-python {llama_cpp.__version__} is installed but localpeer "

@@ -11,6 +11,8 @@ import logging
 import shutil
 from pathlib import Path
 
+from localpeer.deps import require
+
 log = logging.getLogger(__name__)
 
 # save_pretrained writes config + weights only; the converter also needs these from the base
@@ -22,12 +24,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 def merged_model(base_dir: Path, adapter_dir: Path):
     """The base in fp32 (never 4-bit: merging into quantized weights loses the update) with the
     adapter folded in; a plain transformers model."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
+    torch = require("torch")
+    peft = require("peft")
+    transformers = require("transformers")
+    base = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    return peft.PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().eval()
 
 
 def copy_tokenizer(base_dir: Path, out_dir: Path) -> list[str]:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from localpeer.deps import require
+
 log = logging.getLogger(__name__)
 
 # max |logit difference| over all positions, by GGUF type (fp32 KV cache in llama.cpp)
@@ -117,7 +119,7 @@ class Reference:
 
 
 def hf_reference(model, tokenizer, probes=PROBES, logit_probes: int = LOGIT_PROBES) -> Reference:
-    import torch
+    torch = require("torch")
 
     texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
              for c in probes]
@@ -130,7 +132,7 @@ def hf_reference(model, tokenizer, probes=PROBES, logit_probes: int = LOGIT_PROB
 
 
 def _llama(path: Path, **kw):
-    import llama_cpp
+    llama_cpp = require("llama_cpp", why="the parity check runs the GGUF on llama.cpp")
 
     return llama_cpp.Llama(model_path=str(path), n_ctx=N_CTX, n_threads=1, n_threads_batch=1,
                            type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
@@ -138,7 +140,7 @@ def _llama(path: Path, **kw):
 
 
 def gguf_tokens_and_template(path: Path, texts: list[str]) -> tuple[list[list[int]], str | None]:
-    import llama_cpp
+    llama_cpp = require("llama_cpp", why="the parity check runs the GGUF on llama.cpp")
 
     llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:

@@ -16,6 +16,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from localpeer.deps import require
 from localpeer.errors import InputError, WorkFailed
 
 PREFIX = "LLAMA_FTYPE_MOSTLY_"
@@ -24,7 +25,7 @@ KQUANT_ROW = 256  # K-quant super-block width; narrower rows fall back to legacy
 
 
 def valid_quants() -> list[str]:
-    import llama_cpp
+    llama_cpp = require("llama_cpp", why="export quantizes with llama.cpp")
 
     # F32 is llama.cpp's LLAMA_FTYPE_ALL_F32 (no MOSTLY_): the converter's twin, kept as is
     mostly = [n[len(PREFIX):] for n in dir(llama_cpp) if n.startswith(PREFIX)]
@@ -89,7 +90,7 @@ def _capture_llama_log(path: Path):
 def quantize(src: Path, dst: Path, name: str, nthread: int = 1) -> tuple[Path, str | None]:
     """src GGUF (F32 or F16) -> dst of type `name`, via dst.partial renamed on success;
     returns (dst, a note when llama.cpp fell back to other types)."""
-    import llama_cpp
+    llama_cpp = require("llama_cpp", why="export quantizes with llama.cpp")
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, PREFIX + name)

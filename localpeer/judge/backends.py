@@ -33,6 +33,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localpeer.deps import need, require
 from localpeer.errors import InputError, WorkFailed
 
 log = logging.getLogger(__name__)
@@ -202,6 +203,14 @@ def split_server_spec(spec: str) -> tuple[str | None, str]:
     return None, spec
 
 
+def need_llama_cpp(specs: Iterable, why: str) -> None:
+    """Before any work: a model spec that is not an http(s) URL is a GGUF, which runs on
+    llama.cpp; fail now if llama-cpp-python is missing."""
+    urls = ("http://", "https://")
+    if any(not split_server_spec(str(s))[1].startswith(urls) for s in specs if s is not None):
+        need("llama_cpp", why=why)
+
+
 def schema_text(schema: dict) -> str:
     """The schema as JSON text with its keys in their given order. The local grammar is built
     from this text and the grammar writes the properties in this order, which is the order
@@ -249,7 +258,7 @@ class LocalJudge:
         self._grammars: dict[str, object] = {}
 
     def grammar(self, schema: dict):
-        import llama_cpp
+        llama_cpp = require("llama_cpp")
 
         key = schema_text(schema)
         if key not in self._grammars:

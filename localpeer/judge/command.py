@@ -46,8 +46,9 @@ def run_judge(args) -> int:
     from rich.text import Text
 
     from localpeer.formats import Scale
-    from localpeer.judge.backends import make_judge
+    from localpeer.judge.backends import make_judge, need_llama_cpp
 
+    need_llama_cpp(args.judge, why="a GGUF judge runs on llama.cpp")
     _check_tries(args.tries)
     from localpeer.judge.run import (
         constant_judges,
@@ -110,8 +111,9 @@ def run_calibrate(args) -> int:
 
     from localpeer.formats import Scale
     from localpeer.judge import calibrate as cal
-    from localpeer.judge.backends import make_judge
+    from localpeer.judge.backends import make_judge, need_llama_cpp
 
+    need_llama_cpp(args.judge, why="a GGUF judge runs on llama.cpp")
     _check_tries(args.tries)
     from localpeer.progress import item_progress
     from localpeer.report.calibration import calibration_view

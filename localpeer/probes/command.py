@@ -37,6 +37,20 @@ def _model_path(spec: str, suite: str) -> Path:
                      "default's name (smollm2-135m-instruct)", model)
 
 
+def _need_packages(args) -> None:
+    """Before any work: --suite select on an HF folder (or the embedded default's name) runs
+    transformers, everything else a GGUF on llama.cpp, and so does a GGUF --judge."""
+    from localpeer.deps import need
+    from localpeer.judge.backends import need_llama_cpp
+
+    if args.suite == "select" and Path(args.model).suffix != ".gguf":
+        need("torch", "transformers", "safetensors",
+             why="probe --suite select on an HF folder runs it with transformers")
+    else:
+        need("llama_cpp", why="probe runs the GGUF on llama.cpp")
+    need_llama_cpp([args.judge], why="a GGUF judge runs on llama.cpp")
+
+
 def run_probe(args) -> int:
     from rich.console import Console
 
@@ -47,6 +61,7 @@ def run_probe(args) -> int:
     console = Console(stderr=True)
     if args.suite not in SUITES:
         raise InputError(f"--suite {args.suite}: choose one of {', '.join(SUITES)}")
+    _need_packages(args)
     model = _model_path(args.model, args.suite)
     if args.limit < 0:
         raise InputError(f"--limit {args.limit}: pass a number of items (0 = all)")

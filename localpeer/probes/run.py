@@ -24,6 +24,7 @@ from pathlib import Path
 
 from localpeer.chat.generate import sample_seed
 from localpeer.chat.session import ContextFull, Engine
+from localpeer.deps import require
 from localpeer.errors import InputError
 from localpeer.formats import append_jsonl, cut_torn_tail, jsonl_records
 from localpeer.judge.rubric import neutralise
@@ -81,7 +82,7 @@ def _reply(engine: Engine, messages: list[dict], seed: int) -> str:
 @cache
 def llama_grammar(gbnf: str):
     """A parsed llama.cpp grammar, once per GBNF text."""
-    import llama_cpp
+    llama_cpp = require("llama_cpp")
 
     return llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
 

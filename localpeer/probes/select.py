@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from localpeer.data.personaknob import Pair
+from localpeer.deps import require
 from localpeer.dimensions import in_order
 from localpeer.probes.suites import rate_json
 
@@ -42,10 +43,9 @@ def _summarise(pairs: list[Pair], oks: list[bool]) -> dict:
 
 def gguf_selection(path: Path, pairs: list[Pair], ctx: int = 2048, threads: int | None = None,
                    on_pair: Callable[[], None] | None = None) -> dict:
-    import llama_cpp
+    from localpeer.chat.session import GGUF_RUNS, load_engine
 
-    from localpeer.chat.session import load_engine
-
+    llama_cpp = require("llama_cpp", why=GGUF_RUNS)
     engine = load_engine(path, ctx=ctx, threads=threads)  # template (sandboxed) and tokenizer
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=ctx, n_batch=min(ctx, 512),
                           n_threads=threads, logits_all=True, verbose=False)
@@ -89,14 +89,13 @@ def gguf_selection(path: Path, pairs: list[Pair], ctx: int = 2048, threads: int 
 
 def hf_selection(folder: Path, pairs: list[Pair], max_length: int = 2048,
                  on_pair: Callable[[], None] | None = None) -> dict:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from localpeer.train.logps import collate, sequence_logps, tokenize_pairs
 
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
-                                                 use_safetensors=True).eval()
+    torch = require("torch")
+    transformers = require("transformers")
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(folder), dtype=torch.float32, use_safetensors=True).eval()
     dims = in_order({p.dim for p in pairs})
     tokenized, _ = tokenize_pairs(tok, pairs, dims, max_length, max_length)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from localpeer.deps import available, require
 from localpeer.formats import _FIELDS, Labels, RatingColumns, Scale, _check_header
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,7 @@ class Part:
 
 
 def fast_columns(path: Path, scale: Scale) -> Part | None:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
+    if not available("pyarrow"):
         return None
     suffix = Path(path).suffix.lower()
     try:
@@ -65,8 +64,7 @@ def fast_columns(path: Path, scale: Scale) -> Part | None:
 
 
 def _csv_part(data: bytes, scale: Scale) -> Part | None:
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
+    pa, pacsv = require("pyarrow"), require("pyarrow.csv")
 
     end = data.find(b"\n")
     first = (data if end < 0 else data[:end]).decode("utf-8").rstrip("\r")
@@ -97,8 +95,7 @@ def _csv_part(data: bytes, scale: Scale) -> Part | None:
 
 
 def _jsonl_part(data: bytes, scale: Scale) -> Part | None:
-    import pyarrow as pa
-    import pyarrow.json as pajson
+    pa, pajson = require("pyarrow"), require("pyarrow.json")
 
     if not data.endswith(b"\n"):  # a torn tail is the slow path's to judge
         return None

@@ -15,12 +15,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from localpeer.config import Recipe
 from localpeer.deps import available, require
 from localpeer.errors import InputError
 from localpeer.train import segments
+
+torch = require("torch")
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +106,14 @@ def _check_model_dir(path: Path) -> None:
 
 
 def _load_peft(recipe: Recipe, path: Path, device: torch.device, card_targets) -> Policy:
-    transformers = require("transformers", "train")
-    peft = require("peft", "train")
+    transformers = require("transformers")
+    peft = require("peft")
     dtype = resolve_dtype(recipe, device)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
     kwargs = {"dtype": dtype, "use_safetensors": True}
     quantized = recipe.quantize == "nf4"
     if quantized:
-        require("bitsandbytes", "train")
+        require("bitsandbytes", why="quantize: nf4 (or set quantize: none)")
         kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype)
@@ -151,7 +151,7 @@ def _load_peft(recipe: Recipe, path: Path, device: torch.device, card_targets) -
 
 
 def _load_unsloth(recipe: Recipe, path: Path, card_targets) -> Policy:
-    unsloth = require("unsloth", "gpu")
+    unsloth = require("unsloth", why="backend: unsloth (or set backend: peft)")
     model, tokenizer = unsloth.FastLanguageModel.from_pretrained(
         model_name=str(path), max_seq_length=recipe.train.max_length,
         load_in_4bit=recipe.quantize == "nf4", dtype=None)

@@ -22,10 +22,12 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-
+from localpeer.deps import require
 from localpeer.formats import atomic_write_text
+
+torch = require("torch")
+safetensors_torch = require("safetensors.torch")
+load_file, save_file = safetensors_torch.load_file, safetensors_torch.save_file
 
 
 def _encode(value, path: str, tensors: dict[str, torch.Tensor], seen: dict | None = None):

@@ -8,9 +8,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from localpeer.deps import need, require
 from localpeer.errors import InputError
 
 log = logging.getLogger(__name__)
+
+TRAIN_MODULES = ("torch", "transformers", "peft", "accelerate", "safetensors")
 
 
 def model_card(recipe, models_dir: Path = Path("models")):
@@ -46,13 +49,13 @@ def model_source(recipe, models_dir: Path = Path("models")):
 
 
 def dry_run(recipe, console) -> int:
-    import torch
     import yaml
 
     from localpeer.config import recipe_dict
     from localpeer.report import render_memory_estimate
     from localpeer.train.memory import ModelShape, estimate, expandable_segments, suggestions
 
+    torch = require("torch")
     cuda = torch.cuda.is_available()
     card = model_card(recipe)
     try:
@@ -79,7 +82,11 @@ def dry_run(recipe, console) -> int:
 
 
 def run_train(args) -> int:
-    # First, before anything imports torch: the CUDA caching allocator reads its settings once,
+    # before anything else: a missing package is told before a run folder is made or the
+    # embedded default converted (need() looks for packages without importing them)
+    need(*(("torch",) if args.dry_run else TRAIN_MODULES),
+         why="training loads a Hugging Face model")
+    # Then, before anything imports torch: the CUDA caching allocator reads its settings once,
     # at its first allocation, so a later change would be silently ignored
     from localpeer.train.memory import ALLOC_CONF, EXPANDABLE, use_expandable_segments
 
@@ -89,13 +96,17 @@ def run_train(args) -> int:
     from rich.console import Console
 
     from localpeer.config import load_recipe
+    from localpeer.pull import need_embedded_packages
     from localpeer.train.backends import resolve_backend
 
     # transformers imports bitsandbytes, whose CPU backend warns about optional kernels
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     recipe = load_recipe(args.recipe, args.overrides)
+    if recipe.quantize == "nf4" and not args.dry_run:
+        need("bitsandbytes", why="quantize: nf4 (or set quantize: none)")
+    need_embedded_packages(recipe.model)
     if resolve_backend(recipe) == "unsloth":
-        import unsloth  # noqa: F401  (first: it patches transformers on import)
+        require("unsloth", why="backend: unsloth")  # first: it patches transformers on import
     console = Console()
     if args.dry_run:
         return dry_run(recipe, console)

@@ -5,11 +5,12 @@
 
 from __future__ import annotations
 
-import torch
-
+from localpeer.deps import require
 from localpeer.train import lagdpo
 from localpeer.train.backends import Policy
 from localpeer.train.logps import TokenizedPair, collate, sequence_logps
+
+torch = require("torch")
 
 
 def stratified_subset(pairs: list[TokenizedPair], n_dims: int, limit: int) -> list:

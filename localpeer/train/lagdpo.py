@@ -31,10 +31,11 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-import torch.nn.functional as F
-
 from localpeer.config import LagrangianConfig
+from localpeer.deps import require
+
+torch = require("torch")
+F = require("torch.nn.functional")
 
 __all__ = ["LagrangianConfig", "DualState", "FORMS", "LOSSES", "ZERO_MARGIN_LOSS"]
 

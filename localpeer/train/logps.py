@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-import torch.utils.checkpoint
-
 from localpeer.data.personaknob import Pair
+from localpeer.deps import require
 from localpeer.train import segments
 from localpeer.train.segments import segment_layout
 from localpeer.train.truncation import prompt_ids, response_ids
+
+torch = require("torch")
+activation_checkpoint = require("torch.utils.checkpoint")
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,8 @@ def token_logps(head: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
     for start in range(0, inputs.shape[0], step):
         args = (head, inputs[start:start + step], targets[start:start + step])
         if grad:
-            out.append(torch.utils.checkpoint.checkpoint(_chunk_logps, *args,
-                                                         use_reentrant=False))
+            out.append(activation_checkpoint.checkpoint(_chunk_logps, *args,
+                                                        use_reentrant=False))
         else:
             out.append(_chunk_logps(*args))
     return torch.cat(out) if out else inputs.new_zeros(0, dtype=torch.float32)

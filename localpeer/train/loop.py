@@ -21,8 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from localpeer.config import Recipe
 from localpeer.data.personaknob import read_records, record_pairs
 from localpeer.deps import require
@@ -64,6 +62,7 @@ from localpeer.train.reference import (
 from localpeer.train.rundir import prepare_run, resume_point
 from localpeer.train.sampler import RecordSampler, StratifiedSampler, token_micro_batches
 
+torch = require("torch")
 log = logging.getLogger(__name__)
 
 
@@ -150,7 +149,7 @@ def resolve_optimizer(choice: str, device: torch.device) -> str:
 def make_optimizer(recipe: Recipe, policy: Policy):
     params = [p for p in policy.model.parameters() if p.requires_grad]
     module, name = OPTIMIZERS[resolve_optimizer(recipe.train.optimizer, policy.device)]
-    cls = getattr(require(module, "train"), name)
+    cls = getattr(require(module), name)
     return cls(params, lr=recipe.train.lr, weight_decay=recipe.train.weight_decay)
 
 

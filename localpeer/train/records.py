@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from localpeer.config import Recipe
+from localpeer.deps import require
 from localpeer.formats import atomic_write_text, jsonl_records
 from localpeer.train import lagdpo
+
+torch = require("torch")
 
 
 def metrics_lines(path: Path) -> list[dict]:

@@ -18,11 +18,13 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-
+from localpeer.deps import require
 from localpeer.train.backends import resolve_dtype
 from localpeer.train.logps import TokenizedPair, collate, sequence_logps, to_device
+
+torch = require("torch")
+safetensors_torch = require("safetensors.torch")
+load_file, save_file = safetensors_torch.load_file, safetensors_torch.save_file
 
 log = logging.getLogger(__name__)
 CACHE = Path("runs") / ".reference-cache"

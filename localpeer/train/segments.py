@@ -29,8 +29,10 @@ under gradient checkpointing).
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from localpeer.deps import require
+
+torch = require("torch")
+F = require("torch.nn.functional")
 
 NAME = "localpeer_segments"
 LAYOUT_KEY = "localpeer_segments"
@@ -72,10 +74,9 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     (G, T, Hq, d). Without a layout in kwargs this is transformers' sdpa attention."""
     layout = kwargs.get(LAYOUT_KEY)
     if layout is None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask,
-                                      dropout=dropout, scaling=scaling, **kwargs)
+        sdpa = require("transformers.integrations.sdpa_attention")
+        return sdpa.sdpa_attention_forward(module, query, key, value, attention_mask,
+                                           dropout=dropout, scaling=scaling, **kwargs)
     G, Hq, T, d = query.shape
     groups = Hq // key.shape[1]
     P = layout["prompt_width"]
@@ -101,11 +102,10 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
 
 def register() -> None:
     """Make NAME a transformers attention implementation (masks built as for sdpa)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
-    AttentionInterface.register(NAME, segment_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
+    transformers = require("transformers")
+    masking = require("transformers.masking_utils")
+    transformers.AttentionInterface.register(NAME, segment_attention)
+    masking.ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, masking.sdpa_mask)
 
 
 def plain_attention(config) -> bool:
