@@ -387,8 +387,21 @@ def load_rating_columns(paths: Sequence[Path], scale: Scale,
         if columns is not None:
             log.info("%d ratings from %d files", len(columns), len(rating_paths))
             return columns
+    _hint_fast_reader(rating_paths)
     ratings = load_ratings(paths, scale, ratings_files)
     return rating_columns_of(ratings)
+
+
+SLOW_READ_BYTES = 20_000_000  # about 600k ratings: where the row-by-row reader takes seconds
+
+
+def _hint_fast_reader(rating_paths: Sequence[Path]) -> None:
+    from localpeer.deps import available
+
+    size = sum(p.stat().st_size for p in rating_paths if p.is_file())
+    if size > SLOW_READ_BYTES and not available("pyarrow"):
+        log.warning("reading %.0f MB of ratings row by row; pip install pyarrow reads plain "
+                    "files whole, several times faster", size / 1e6)
 
 
 def rating_columns_of(ratings: Sequence[Rating]) -> RatingColumns:

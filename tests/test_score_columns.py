@@ -56,3 +56,25 @@ def test_fast_columns_equal_the_checked_reader(tmp_path, name):
         a, b = getattr(fast[1], facet), getattr(slow[1], facet)
         assert a.names == b.names and np.array_equal(a.codes, b.codes), facet
     assert np.array_equal(fast[1].score, slow[1].score)
+
+
+def test_a_large_file_read_without_pyarrow_names_the_fix(tmp_path, monkeypatch, caplog):
+    import localpeer.deps
+    import localpeer.formats
+    import localpeer.score.columns
+
+    path = tmp_path / "ratings.csv"
+    path.write_text(CASES["plain.csv"])
+    real = localpeer.deps.available
+    for module in (localpeer.deps, localpeer.score.columns):  # as if pyarrow were not there
+        monkeypatch.setattr(module, "available", lambda m: m != "pyarrow" and real(m))
+    monkeypatch.setattr(localpeer.formats, "SLOW_READ_BYTES", path.stat().st_size - 1)
+    with caplog.at_level("WARNING"):
+        columns = load_rating_columns([path], Scale.parse("1-5"))
+    assert len(columns) == 2  # read the slow way, same ratings
+    assert "pip install pyarrow" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(localpeer.formats, "SLOW_READ_BYTES", path.stat().st_size)
+    with caplog.at_level("WARNING"):
+        load_rating_columns([path], Scale.parse("1-5"))
+    assert "pyarrow" not in caplog.text  # small files: no hint

@@ -168,6 +168,8 @@ def _codes(labels) -> tuple[tuple[str, ...], np.ndarray]:
         return tuple(str(name) for name in labels.names), labels.codes
     values = labels.codes if coded else np.asarray(labels)
     first, inverse = _hashed_unique(values) if values.dtype.kind == "U" else (None, None)
+    if first is None and values.dtype.kind in "iu" and values.ndim == 1:
+        first, inverse = _int_unique(values)
     if first is None:
         _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
     order = np.argsort(first)
@@ -186,11 +188,27 @@ def _hashed_unique(values: np.ndarray):
     hashed = np.zeros(values.size, np.uint64)
     with np.errstate(over="ignore"):  # wrapping multiplication is the hash
         for column in chars.T:
-            hashed = hashed * _HASH_MULTIPLIER + column
-    _, first, inverse = np.unique(hashed, return_index=True, return_inverse=True)
-    if not (values[first][inverse] == values).all():
-        return None, None
+            np.multiply(hashed, _HASH_MULTIPLIER, out=hashed)
+            np.add(hashed, column, out=hashed)
+    first, inverse = _int_unique(hashed)
+    distinct = values[first]
+    for lo in range(0, values.size, 1 << 16):  # in blocks: no second copy of all the text
+        if not (distinct[inverse[lo : lo + (1 << 16)]] == values[lo : lo + (1 << 16)]).all():
+            return None, None
     return first, inverse
+
+
+def _int_unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique's (first index, inverse) of integers: a stable sort of integers is a radix
+    sort in numpy, several times faster than the sort np.unique does."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.empty(keys.size, bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    inverse = np.empty(keys.size, np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return order[starts], inverse  # stable: each group's first position is its first index
 
 
 def _first_seen_dense(codes: np.ndarray, n_names: int) -> bool:
