@@ -85,6 +85,9 @@ def _add_score(sub) -> None:
                    "when there)")
     p.add_argument("--quad-points", type=int, default=7, metavar="Q",
                    help="adaptive Gauss-Hermite nodes per prompt for mml (default 7)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="threads for mml's quadrature nodes (default: the CPUs, or "
+                   "OMP_NUM_THREADS when set, at most one a node); any N gives the same numbers")
     p.add_argument("--selftest", action="store_true",
                    help="simulate ratings from known parameters, fit them, show the recovery")
     p.add_argument("--replications", type=int, default=10, metavar="R",

@@ -201,3 +201,26 @@ def test_grouping_keys_and_tail_counts():
     np.testing.assert_array_equal(d.item_judge, d.i * J + d.j)
     expected = [(d.x >= h).sum() for h in range(1, d.n_categories)]
     np.testing.assert_array_equal(d.at_least, expected)
+
+
+def test_mml_gives_the_same_numbers_on_any_number_of_threads():
+    from localpeer.score.mml import fit_mml
+
+    sim = simulate(5, 80, 3, seed=11)
+    d = build_design("A", sim.models, sim.items, sim.judges, sim.scores, sim.scale_min,
+                     sim.scale_max)
+    serial, threaded = fit_mml(d, threads=1), fit_mml(d, threads=3)
+    for name in ("theta", "theta_cov", "delta", "delta_se", "rho", "rho_se", "tau", "tau_se"):
+        np.testing.assert_array_equal(getattr(serial, name), getattr(threaded, name))
+    assert (serial.loglik, serial.item_sd, serial.iterations) == (
+        threaded.loglik, threaded.item_sd, threaded.iterations)
+
+
+@pytest.mark.parametrize("omp, quad_points, expected", [("1", 7, 1), ("3", 7, 3), ("8", 2, 2)])
+def test_default_threads_follow_omp_num_threads_and_the_nodes(monkeypatch, omp, quad_points,
+                                                              expected):
+    from localpeer.score import mml
+
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr(mml.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert mml.default_threads(quad_points) == expected

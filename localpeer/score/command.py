@@ -64,6 +64,8 @@ def run_score(args) -> int:
 
     if args.quad_points < 1:
         raise InputError("--quad-points must be at least 1 (7 is plenty for most data)")
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads must be at least 1 (leave it out to use every CPU)")
     if args.selftest:
         return run_selftest(args)
     if not args.paths and not args.ratings:
@@ -77,7 +79,8 @@ def run_score(args) -> int:
     calibration = find_calibration(args.paths, getattr(args, "calibration", None))
     with console.status(f"fitting {len(scores):,} ratings ({args.estimator})"):
         result = score_arrays(models, items, judges, dims, scores, scale.min, scale.max,
-                              estimator=args.estimator, quad_points=args.quad_points)
+                              estimator=args.estimator, quad_points=args.quad_points,
+                              threads=args.threads)
     if calibration is not None:
         result = replace(result, calibration=read_calibration(calibration),
                          calibration_file=str(calibration))
@@ -111,7 +114,7 @@ def run_selftest(args) -> int:
         sim = simulate(n_models=5, n_items=200, n_judges=3, seed=args.seed + r)
         design = build_design("selftest", sim.models, sim.items, sim.judges, sim.scores,
                               sim.scale_min, sim.scale_max)
-        est = fit(design, args.estimator, args.quad_points)
+        est = fit(design, args.estimator, args.quad_points, args.threads)
         order = [int(name.split("-")[1]) for name in design.models.kept]
         truth = sim.truth.theta[order]
         truths.append(truth)

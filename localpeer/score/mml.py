@@ -23,6 +23,8 @@ mean prompt). Prompt SEs are posterior SDs.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +32,8 @@ from scipy.special import logsumexp, softmax
 
 from localpeer.score.design import Design
 from localpeer.score.estimates import Estimates
-from localpeer.score.jml import fit_jml, small_block
-from localpeer.score.rsm import logprob_of, mean_variance, moments, tau_information
+from localpeer.score.jml import fit_jml, small_information
+from localpeer.score.rsm import logprob_of, mean_variance, moments
 
 log = logging.getLogger(__name__)
 
@@ -92,58 +94,82 @@ def place_nodes(d: Design, p: _Params, start: np.ndarray, I: int) -> _Nodes:
     return _Nodes(mode, 1.0 / np.sqrt(info))
 
 
-def node_logliks(d: Design, p: _Params, nodes: _Nodes, z, log_w, I: int):
+def default_threads(n_nodes: int) -> int:
+    """The CPUs this process may use (OMP_NUM_THREADS when set, as for numpy's BLAS), at most
+    one per quadrature node."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    omp = os.environ.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        cpus = min(cpus or 1, int(omp))
+    return max(1, min(cpus or 1, n_nodes))
+
+
+def _node_map(node, n_nodes: int, threads: int) -> list:
+    """node(q) for every quadrature node, in node order, on up to `threads` threads: numpy
+    releases the GIL inside its array loops, so the nodes' passes over the ratings overlap.
+    The caller sums the results in node order, so any thread count gives the same numbers."""
+    if threads <= 1 or n_nodes <= 1:
+        return [node(q) for q in range(n_nodes)]
+    with ThreadPoolExecutor(min(threads, n_nodes)) as pool:
+        return list(pool.map(node, range(n_nodes)))
+
+
+def node_logliks(d: Design, p: _Params, nodes: _Nodes, z, log_w, I: int, threads: int = 1):
     """(I, Q) log of the quadrature terms, and the marginal log-likelihood of each prompt."""
     base = p.theta[d.m] - p.rho[d.j]
     deltas = nodes.delta(z)
-    terms = np.empty_like(deltas)
-    for q in range(z.size):
+
+    def node(q):
         logp = logprob_of(base - np.ascontiguousarray(deltas[:, q])[d.i], p.tau, d.x)
-        terms[:, q] = np.bincount(d.i, logp, I)
+        return np.bincount(d.i, logp, I)
+
+    terms = np.stack(_node_map(node, z.size, threads), axis=1)
     # prior N(0, sigma^2) over the standard-normal weights the rule integrates against
     terms += log_w[None, :] - 0.5 * deltas**2 / p.sigma**2
     item_ll = logsumexp(terms, axis=1) + np.log(nodes.scale) - p.log_sigma
     return terms, item_ll
 
 
-def node_scores(d: Design, p: _Params, nodes: _Nodes, z, post, M, J, K1, I):
+def node_scores(d: Design, p: _Params, nodes: _Nodes, z, post, M, J, K1, I, threads: int = 1):
     """Per prompt and node, the score of the log integrand (I, Q, S) in full coordinates,
     and the posterior-weighted -Hessian of the integrand summed over prompts (S, S)."""
     S = M + J + K1 + 1
     base = p.theta[d.m] - p.rho[d.j]
     deltas = nodes.delta(z)
-    scores = np.zeros((I, z.size, S))
-    info = np.zeros((S, S))
-    # posterior-weighted sums over the nodes, turned into the small block once at the end
-    V_sum, cx_sum, tau_sum = np.zeros(d.x.size), np.zeros((K1, d.x.size)), np.zeros((K1, K1))
-    for q in range(z.size):
+    keys = d.item_model, d.item_judge, d.item_at_least, d.model_judge  # made before any thread
+
+    def node(q):
         mom = moments(base - np.ascontiguousarray(deltas[:, q])[d.i], p.tau, keep_probs=False)
         resid = d.x - mom.expected
-        scores[:, q, :M] = np.bincount(d.item_model, resid, I * M).reshape(I, M)
-        scores[:, q, M : M + J] = -np.bincount(d.item_judge, resid, I * J).reshape(I, J)
+        block = np.empty((I, S - 1))
+        block[:, :M] = np.bincount(keys[0], resid, I * M).reshape(I, M)
+        block[:, M : M + J] = -np.bincount(keys[1], resid, I * J).reshape(I, J)
         for h in range(K1):
-            scores[:, q, M + J + h] = np.bincount(d.i, mom.tail[h], I) - d.item_at_least[:, h]
+            block[:, M + J + h] = np.bincount(d.i, mom.tail[h], I) - keys[2][:, h]
         w = np.ascontiguousarray(post[:, q])[d.i]
-        V_sum += mom.variance * w
-        cx_sum += mom.cov_x_tail * w
-        tau_sum += tau_information(mom.tail, w)
-    info[: S - 1, : S - 1] = small_block(d, V_sum, cx_sum, tau_sum, M, J)
+        return block, small_information(d, mom, M, J, w)
+
+    scores = np.zeros((I, z.size, S))
+    info = np.zeros((S, S))
+    for q, (block, info_q) in enumerate(_node_map(node, z.size, threads)):
+        scores[:, q, : S - 1] = block
+        info[: S - 1, : S - 1] += info_q
     ratio = deltas**2 / p.sigma**2
     scores[:, :, S - 1] = ratio - 1.0  # d/d(log sigma) of the prior term at a fixed node
     info[S - 1, S - 1] = float((post * 2.0 * ratio).sum())
     return scores, info
 
 
-def _evaluate(d, p, nodes, z, log_w, dims):
+def _evaluate(d, p, nodes, z, log_w, dims, threads):
     M, J, K1, I = dims
-    terms, item_ll = node_logliks(d, p, nodes, z, log_w, I)
+    terms, item_ll = node_logliks(d, p, nodes, z, log_w, I, threads)
     return float(item_ll.sum()), softmax(terms, axis=1)
 
 
-def _grad_hess(d, p, nodes, z, post, dims, A):
+def _grad_hess(d, p, nodes, z, post, dims, A, threads):
     """Gradient and -Hessian of the marginal log-likelihood in free coordinates."""
     M, J, K1, I = dims
-    scores, info_within = node_scores(d, p, nodes, z, post, M, J, K1, I)
+    scores, info_within = node_scores(d, p, nodes, z, post, M, J, K1, I, threads)
     mean_score = np.einsum("iq,iqs->is", post, scores)  # (I, S)
     weighted = scores * np.sqrt(post)[:, :, None]
     # Louis: -H = E_post[-d2 log f] - (E_post[s s^T] - E_post[s] E_post[s]^T), summed over prompts
@@ -183,8 +209,12 @@ def _solve(info: np.ndarray, grad: np.ndarray) -> np.ndarray:
     return grad / np.abs(np.diag(info)).max()
 
 
-def fit_mml(d: Design, quad_points: int = 7, tol: float = 1e-6, max_iter: int = 100) -> Estimates:
-    """Marginal ML estimates of one dimension (prompts random), Newton to max |gradient| < tol."""
+def fit_mml(d: Design, quad_points: int = 7, tol: float = 1e-6, max_iter: int = 100,
+            threads: int | None = None) -> Estimates:
+    """Marginal ML estimates of one dimension (prompts random), Newton to max |gradient| < tol;
+    the quadrature nodes run on `threads` threads (default: one per CPU, at most one a node),
+    with the same result for any count."""
+    threads = default_threads(quad_points) if threads is None else threads
     M, I, J, K1 = len(d.models.kept), len(d.items.kept), len(d.judges.kept), d.n_categories - 1
     dims = (M, J, K1, I)
     z, w = np.polynomial.hermite_e.hermegauss(quad_points)
@@ -192,10 +222,10 @@ def fit_mml(d: Design, quad_points: int = 7, tol: float = 1e-6, max_iter: int = 
     A = free_map(M, J, K1)
     p = _start(d, M, J, K1, I)
     nodes = place_nodes(d, p, np.zeros(I), I)
-    ll, post = _evaluate(d, p, nodes, z, log_w, dims)
+    ll, post = _evaluate(d, p, nodes, z, log_w, dims, threads)
     converged, it, max_grad, at_p = False, 0, np.inf, None
     for it in range(1, max_iter + 1):
-        at_p = _grad_hess(d, p, nodes, z, post, dims, A)
+        at_p = _grad_hess(d, p, nodes, z, post, dims, A, threads)
         grad, info = at_p[:2]
         max_grad = float(np.abs(grad).max())
         if max_grad < tol:
@@ -206,14 +236,14 @@ def fit_mml(d: Design, quad_points: int = 7, tol: float = 1e-6, max_iter: int = 
         while True:
             trial = _step(p, A, step, t, M, J)
             trial_nodes = place_nodes(d, trial, nodes.mode, I)
-            ll_trial, post_trial = _evaluate(d, trial, trial_nodes, z, log_w, dims)
+            ll_trial, post_trial = _evaluate(d, trial, trial_nodes, z, log_w, dims, threads)
             if ll_trial >= ll - 1e-10 * abs(ll) or t < 1e-6:
                 break
             t /= 2
         p, nodes, ll, post = trial, trial_nodes, ll_trial, post_trial
         log.debug("mml iter %d loglik %.6f max|grad| %.2e sigma %.4f", it, ll, max_grad, p.sigma)
     # converged: the last gradient and information were taken at the returned point
-    at_p = at_p if converged else _grad_hess(d, p, nodes, z, post, dims, A)
+    at_p = at_p if converged else _grad_hess(d, p, nodes, z, post, dims, A, threads)
     return _finish(d, p, nodes, z, post, dims, A, at_p, ll, it, max_grad, converged, max_iter)
 
 

@@ -35,13 +35,14 @@ ESTIMATORS = ("mml", "jml")
 MISFIT_INFIT = 1.5  # Linacre's "unproductive for measurement" bound on mean-squares
 
 
-def fit(design: Design, estimator: str = "mml", quad_points: int = 7) -> Estimates:
+def fit(design: Design, estimator: str = "mml", quad_points: int = 7,
+        threads: int | None = None) -> Estimates:
     if estimator == "jml":
         return fit_jml(design)
     if estimator == "mml":
         from localpeer.score.mml import fit_mml  # scipy.special: a tenth of a second to import
 
-        return fit_mml(design, quad_points=quad_points)
+        return fit_mml(design, quad_points=quad_points, threads=threads)
     raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
 
 
@@ -80,8 +81,9 @@ def _misfit_warnings(judges: list[ElementResult]) -> list[str]:
             for e in judges if e.estimated and e.infit > MISFIT_INFIT]
 
 
-def score_design(design: Design, estimator: str = "mml", quad_points: int = 7) -> DimensionResult:
-    est = fit(design, estimator, quad_points)
+def score_design(design: Design, estimator: str = "mml", quad_points: int = 7,
+                 threads: int | None = None) -> DimensionResult:
+    est = fit(design, estimator, quad_points, threads)
     mom = rating_moments(design, est)
     M, I, J = len(design.models.kept), len(design.items.kept), len(design.judges.kept)
     parts = rating_fit(design.x, mom)
@@ -139,7 +141,8 @@ def _labels(values) -> Labels:
 
 
 def score_arrays(models, items, judges, dimensions, scores, scale_min: int, scale_max: int,
-                 estimator: str = "mml", quad_points: int = 7) -> ScoreResult:
+                 estimator: str = "mml", quad_points: int = 7,
+                 threads: int | None = None) -> ScoreResult:
     """Fit every dimension of long-format ratings (equal-length arrays)."""
     # Labels (integer codes) throughout: selecting and coding strings costs more than the fit
     dim_names, dim_codes = _codes(dimensions)  # first-seen order
@@ -151,7 +154,7 @@ def score_arrays(models, items, judges, dimensions, scores, scale_min: int, scal
         mine = [a[sel] for a in arrays]
         design = build_design(str(dim), *mine, scores[sel], scale_min, scale_max)
         log.info("dimension %s: %d ratings, %s", dim, design.n_total, estimator)
-        result = score_design(design, estimator, quad_points)
+        result = score_design(design, estimator, quad_points, threads)
         constant = constant_judges(mine[2], scores[sel])
         notes = [f"judge {j} gave {s} to all {n} ratings (degenerate): it cannot tell the "
                  "replies apart" for j, (s, n) in constant.items()]
