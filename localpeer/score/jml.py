@@ -84,12 +84,6 @@ def small_information(d: Design, mom: Moments, M: int, J: int, w: np.ndarray | N
     V, cx = mom.variance, mom.cov_x_tail
     if w is not None:
         V, cx = V * w, cx * w
-    return small_block(d, V, cx, tau_information(mom.tail, w), M, J)
-
-
-def small_block(d: Design, V: np.ndarray, cx: np.ndarray, tau_info: np.ndarray, M: int, J: int):
-    """The small -Hessian from per-rating variances V (N,), Cov(X, 1[X >= h]) cx (K-1, N) and
-    the threshold block, all already weighted (MML sums them over its nodes first)."""
     K1 = cx.shape[0]
     S = M + J + K1
     B = np.zeros((S, S))
@@ -98,7 +92,7 @@ def small_block(d: Design, V: np.ndarray, cx: np.ndarray, tau_info: np.ndarray, 
     B[th, th] = np.diag(cells.sum(axis=1))
     B[rh, rh] = np.diag(cells.sum(axis=0))
     B[th, rh] = -cells
-    B[ta, ta] = tau_info
+    B[ta, ta] = tau_information(mom.tail, w)
     cx_cells = [np.bincount(d.model_judge, cx[h], M * J).reshape(M, J) for h in range(K1)]
     B[th, ta] = -np.stack([c.sum(axis=1) for c in cx_cells], axis=1)
     B[rh, ta] = np.stack([c.sum(axis=0) for c in cx_cells], axis=1)
